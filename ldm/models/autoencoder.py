@@ -1,0 +1,7 @@
+"""CompVis module path for the first-stage models; the implementations live in `ldm.models.autoencoders`."""
+
+from ldm.models.autoencoders.base import AdversarialAutoencoder
+from ldm.models.autoencoders.identity import IdentityFirstStage
+from ldm.models.autoencoders.kl import AutoencoderKL
+
+__all__ = ["AdversarialAutoencoder", "AutoencoderKL", "IdentityFirstStage"]

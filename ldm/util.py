@@ -1,0 +1,218 @@
+"""Config instantiation (`{target, params}`) with errors that name the config key and file, plus small helpers."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+# Strings that stand in for a config in the CompVis interface; they are resolved by the model, not instantiated.
+SPECIAL_CONFIG_STRINGS = ("__is_first_stage__", "__is_unconditional__")
+
+# Files that were merged into the running config, in merge order: (path, loaded config). Filled by `load_configs`
+# so that an error about key `a.b.c` can say which file defined it.
+_CONFIG_SOURCES: list[tuple[str, DictConfig]] = []
+
+
+class ConfigError(ValueError):
+    """A config is wrong; the message names the key path (e.g. `model.params.lossconfig`) and the file it came from."""
+
+
+def load_configs(paths: list[str], dotlist: list[str] | None = None) -> DictConfig:
+    """Load YAML files and merge them left to right, then apply `a.b=c` overrides; remember which file said what."""
+    import os
+
+    loaded = []
+    _CONFIG_SOURCES.clear()
+    for path in paths:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            cfg = OmegaConf.load(path)
+        except Exception as err:  # YAML syntax errors carry line numbers; keep them
+            raise ConfigError(f"cannot parse config file {path}: {err}") from err
+        _CONFIG_SOURCES.append((path, cfg))
+        loaded.append(cfg)
+    merged = OmegaConf.merge(*loaded) if loaded else OmegaConf.create()
+    if dotlist:
+        overrides = OmegaConf.from_dotlist(list(dotlist))
+        _CONFIG_SOURCES.append(("<command line>", overrides))
+        merged = OmegaConf.merge(merged, overrides)
+    return merged
+
+
+def register_config_source(path: str, cfg: DictConfig) -> None:
+    """Record a config loaded outside `load_configs` (e.g. a saved log-dir config) for error messages."""
+    _CONFIG_SOURCES.append((path, cfg))
+
+
+def _sources_for(key_path: str) -> list[str]:
+    """Files among the registered sources that define `key_path`."""
+    found = []
+    for path, cfg in _CONFIG_SOURCES:
+        try:
+            if key_path and OmegaConf.select(cfg, key_path, default=None, throw_on_missing=False) is not None:
+                found.append(path)
+        except Exception:
+            continue
+    return found
+
+
+def _where(key_path: str) -> str:
+    """Human-readable location of a config key: `key (from file.yaml)`."""
+    key = key_path or "<config>"
+    files = _sources_for(key_path)
+    return f"{key} (from {', '.join(files)})" if files else key
+
+
+def _key_path_of(config: Any, fallback: str) -> str:
+    """Full dotted key of an OmegaConf node, or `fallback` for plain dicts."""
+    if isinstance(config, (DictConfig, ListConfig)):
+        try:
+            key = config._get_full_key(None)
+            if key:
+                return str(key)
+        except Exception:
+            pass
+    return fallback
+
+
+def get_obj_from_str(string: str, reload: bool = False) -> Any:
+    """Import `package.module.Name` and return `Name`."""
+    module, _, name = string.rpartition(".")
+    if not module:
+        raise ImportError(f"'{string}' is not a dotted path of the form package.module.Name")
+    mod = importlib.import_module(module)
+    if reload:
+        mod = importlib.reload(mod)
+    if not hasattr(mod, name):
+        raise ImportError(f"module '{module}' has no attribute '{name}'")
+    return getattr(mod, name)
+
+
+def _accepted_parameters(target: Any) -> tuple[set[str] | None, set[str]]:
+    """Keyword names a callable accepts (None = anything) and those it requires.
+
+    Follows `**kwargs` up a class's MRO, because CompVis classes forward unknown keys to their base class.
+    """
+    accepted: set[str] = set()
+    required: set[str] = set()
+    callables = [c.__init__ for c in inspect.getmro(target) if "__init__" in c.__dict__] if inspect.isclass(target) else [target]
+    first = True
+    for fn in callables:
+        owner = getattr(fn, "__qualname__", "").split(".")[0]
+        module = getattr(fn, "__module__", "") or ""
+        if not first and (module.startswith(("torch", "pytorch_lightning", "lightning")) or owner == "object"):
+            return accepted, required  # framework base classes take no config keys
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):
+            return None, required
+        params = list(sig.parameters.values())
+        if inspect.isclass(target) and params and params[0].name == "self":
+            params = params[1:]
+        var_kw = False
+        for p in params:
+            if p.kind is p.VAR_KEYWORD:
+                var_kw = True
+            elif p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+                accepted.add(p.name)
+                if first and p.default is p.empty:
+                    required.add(p.name)
+        first = False
+        if not var_kw:
+            return accepted, required
+    return (accepted, required) if inspect.isclass(target) else (None, required)
+
+
+def instantiate_from_config(config: Any, key_path: str | None = None, **extra_kwargs: Any) -> Any:
+    """Build the object described by `{target: dotted.path, params: {...}}`.
+
+    Errors name the config key path and the file that defined it. The CompVis placeholder strings
+    `__is_first_stage__` / `__is_unconditional__` return None, as in the original.
+    """
+    where = _key_path_of(config, key_path or "<config>")
+    if isinstance(config, str) and config in SPECIAL_CONFIG_STRINGS:
+        return None
+    if not isinstance(config, Mapping) and not isinstance(config, DictConfig):
+        raise ConfigError(f"{_where(where)}: expected a mapping with a 'target' key, got {type(config).__name__}: {config!r}")
+    if "target" not in config:
+        raise ConfigError(f"{_where(where)}: missing 'target' key (expected {{target: package.module.Class, params: {{...}}}})")
+    target_path = config["target"]
+    try:
+        target = get_obj_from_str(str(target_path))
+    except Exception as err:
+        raise ConfigError(f"{_where(where + '.target')}: cannot import '{target_path}': {err}") from err
+
+    params = config.get("params", None)
+    if params is None:
+        params = {}
+    elif not isinstance(params, (Mapping, DictConfig)):
+        raise ConfigError(f"{_where(where + '.params')}: 'params' must be a mapping, got {type(params).__name__}")
+    kwargs = dict(params.items()) if isinstance(params, DictConfig) else dict(params)
+    kwargs.update(extra_kwargs)
+
+    accepted, required = _accepted_parameters(target)
+    if accepted is not None:
+        for name in kwargs:
+            if name not in accepted:
+                close = difflib.get_close_matches(name, sorted(accepted), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ConfigError(
+                    f"{_where(where + '.params.' + name)}: {target_path} has no parameter '{name}'{hint}; "
+                    f"accepted: {', '.join(sorted(accepted))}"
+                )
+    missing = sorted(required - set(kwargs))
+    if missing:
+        raise ConfigError(f"{_where(where + '.params')}: {target_path} needs parameter(s) {', '.join(missing)}")
+    try:
+        return target(**kwargs)
+    except Exception as err:
+        # Keep the original error (type and traceback) and say which config entry was being built.
+        if hasattr(err, "add_note") and not getattr(err, "_ldm_noted", False):
+            err.add_note(f"while building {target_path} from config {_where(where)}")
+            err._ldm_noted = True
+        raise
+
+
+def count_params(model: Any, verbose: bool = False) -> int:
+    """Number of parameters of a module, optionally printed in millions."""
+    total = sum(p.numel() for p in model.parameters())
+    if verbose:
+        print(f"{model.__class__.__name__} has {total * 1.e-6:.2f} M params.")
+    return total
+
+
+def ismap(x: Any) -> bool:
+    """True for dicts and DictConfigs."""
+    return isinstance(x, (Mapping, DictConfig))
+
+
+def exists(x: Any) -> bool:
+    """True when x is not None."""
+    return x is not None
+
+
+def default(value: Any, fallback: Any) -> Any:
+    """`value` unless it is None, else `fallback` (called if callable)."""
+    if value is not None:
+        return value
+    return fallback() if callable(fallback) else fallback
+
+
+def batches_seen(trainer: Any) -> int:
+    """Training batches completed so far; inside `training_step` this is the 0-based index of the current batch.
+
+    Restored on resume. Lightning's `global_step` counts optimizer steps, so a GAN with a generator and a discriminator step advances it
+    twice per batch; CompVis step settings (`disc_start`, image logging cadence, `max_steps`) mean batches.
+    """
+    if trainer is None:
+        return 0
+    try:
+        return int(trainer.fit_loop.epoch_loop.batch_progress.total.completed)
+    except AttributeError:
+        return int(getattr(trainer, "global_step", 0))

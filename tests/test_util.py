@@ -1,0 +1,91 @@
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from ldm.util import ConfigError, instantiate_from_config, load_configs
+
+
+class Base(torch.nn.Module):
+    def __init__(self, disc_start, kl_weight=1.0):
+        super().__init__()
+        self.disc_start = disc_start
+        self.kl_weight = kl_weight
+
+
+class Child(Base):
+    def __init__(self, extra=0, **kwargs):
+        super().__init__(**kwargs)
+        self.extra = extra
+
+
+class Outer(torch.nn.Module):
+    def __init__(self, lossconfig):
+        super().__init__()
+        self.loss = instantiate_from_config(lossconfig)
+
+
+def test_builds_object_and_forwards_kwargs_through_mro():
+    obj = instantiate_from_config({"target": f"{__name__}.Child", "params": {"disc_start": 3, "extra": 1}})
+    assert (obj.disc_start, obj.extra, obj.kl_weight) == (3, 1, 1.0)
+
+
+def test_special_strings_return_none():
+    assert instantiate_from_config("__is_unconditional__") is None
+    assert instantiate_from_config("__is_first_stage__") is None
+
+
+def test_misspelled_nested_key_names_path_and_file(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(f"""
+model:
+  target: {__name__}.Outer
+  params:
+    lossconfig:
+      target: {__name__}.Child
+      params:
+        disc_strat: 5
+""")
+    cfg = load_configs([str(path)])
+    with pytest.raises(ConfigError) as err:
+        instantiate_from_config(cfg.model)
+    msg = str(err.value)
+    assert "model.params.lossconfig.params.disc_strat" in msg
+    assert "did you mean 'disc_start'" in msg
+    assert str(path) in msg
+
+
+def test_missing_target_and_bad_import_and_missing_param():
+    with pytest.raises(ConfigError, match="missing 'target'"):
+        instantiate_from_config(OmegaConf.create({"model": {"params": {}}}).model)
+    with pytest.raises(ConfigError, match="cannot import 'nope.Nothing'"):
+        instantiate_from_config({"target": "nope.Nothing"}, key_path="model")
+    with pytest.raises(ConfigError, match="needs parameter"):
+        instantiate_from_config({"target": f"{__name__}.Base", "params": {}})
+
+
+def test_dotlist_overrides_and_source_tracking(tmp_path):
+    a = tmp_path / "a.yaml"
+    b = tmp_path / "b.yaml"
+    a.write_text("model:\n  params:\n    x: 1\n    y: 2\n")
+    b.write_text("model:\n  params:\n    y: 3\n")
+    cfg = load_configs([str(a), str(b)], ["model.params.x=7"])
+    assert cfg.model.params.x == 7 and cfg.model.params.y == 3
+    with pytest.raises(ConfigError, match="not found"):
+        load_configs([str(tmp_path / "missing.yaml")])
+
+
+def test_constructor_errors_keep_their_type_and_get_a_note():
+    class Boom(Exception):
+        pass
+
+    def explode():
+        raise Boom("original")
+
+    import types
+    mod = types.ModuleType("boom_mod")
+    mod.explode = explode
+    import sys
+    sys.modules["boom_mod"] = mod
+    with pytest.raises(Boom) as err:
+        instantiate_from_config({"target": "boom_mod.explode"}, key_path="model.params.x")
+    assert any("model.params.x" in n for n in getattr(err.value, "__notes__", []))
