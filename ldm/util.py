@@ -13,6 +13,18 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 # Strings that stand in for a config in the CompVis interface; they are resolved by the model, not instantiated.
 SPECIAL_CONFIG_STRINGS = ("__is_first_stage__", "__is_unconditional__")
 
+# Targets named in original CompVis / taming-transformers configs whose classes live elsewhere here. Used only when
+# the original path cannot be imported, so an installed taming-transformers still wins for its own names.
+LEGACY_TARGETS = {
+    "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator":
+        "ldm.modules.losses.vqperceptual.VQLPIPSWithDiscriminator",
+    "taming.modules.losses.lpips.LPIPS": "ldm.modules.losses.lpips.LPIPS",
+    "taming.modules.discriminator.model.NLayerDiscriminator": "ldm.modules.losses.discriminator.NLayerDiscriminator",
+    "taming.models.vqgan.VQModel": "ldm.models.autoencoder.VQModel",
+    "taming.modules.vqvae.quantize.VectorQuantizer2": "ldm.modules.vqvae.quantize.VectorQuantizer2",
+    "taming.modules.vqvae.quantize.VectorQuantizer": "ldm.modules.vqvae.quantize.VectorQuantizer",
+}
+
 # Files that were merged into the running config, in merge order: (path, loaded config). Filled by `load_configs`
 # so that an error about key `a.b.c` can say which file defined it.
 _CONFIG_SOURCES: list[tuple[str, DictConfig]] = []
@@ -142,9 +154,13 @@ def instantiate_from_config(config: Any, key_path: str | None = None, **extra_kw
         raise ConfigError(f"{_where(where)}: expected a mapping with a 'target' key, got {type(config).__name__}: {config!r}")
     if "target" not in config:
         raise ConfigError(f"{_where(where)}: missing 'target' key (expected {{target: package.module.Class, params: {{...}}}})")
-    target_path = config["target"]
+    target_path = str(config["target"])
     try:
-        target = get_obj_from_str(str(target_path))
+        target = get_obj_from_str(target_path)
+    except ImportError as err:
+        if target_path not in LEGACY_TARGETS:
+            raise ConfigError(f"{_where(where + '.target')}: cannot import '{target_path}': {err}") from err
+        target = get_obj_from_str(LEGACY_TARGETS[target_path])
     except Exception as err:
         raise ConfigError(f"{_where(where + '.target')}: cannot import '{target_path}': {err}") from err
 

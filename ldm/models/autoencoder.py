@@ -3,5 +3,6 @@
 from ldm.models.autoencoders.base import AdversarialAutoencoder
 from ldm.models.autoencoders.identity import IdentityFirstStage
 from ldm.models.autoencoders.kl import AutoencoderKL
+from ldm.models.autoencoders.vq import VQModel, VQModelInterface
 
-__all__ = ["AdversarialAutoencoder", "AutoencoderKL", "IdentityFirstStage"]
+__all__ = ["AdversarialAutoencoder", "AutoencoderKL", "IdentityFirstStage", "VQModel", "VQModelInterface"]

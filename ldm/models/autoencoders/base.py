@@ -180,8 +180,13 @@ class AdversarialAutoencoder(pl.LightningModule):
             if self.use_ema:
                 self.model_ema(self)
 
-        self.log("train/rec_loss", log_g["train/rec_loss"], prog_bar=True, logger=False, on_step=True, on_epoch=False)
-        self.log_dict({**log_g, **log_d}, prog_bar=False, logger=True, on_step=True, on_epoch=False)
+        logs = {**log_g, **log_d, **self.extra_train_logs()}
+        self.log("train/rec_loss", logs.pop("train/rec_loss"), prog_bar=True, on_step=True, on_epoch=False)
+        self.log_dict(logs, prog_bar=False, logger=True, on_step=True, on_epoch=False)
+
+    def extra_train_logs(self) -> dict[str, torch.Tensor]:
+        """Model-specific training metrics logged every batch (e.g. codebook health); tensors, no host sync."""
+        return {}
 
     def _schedulers(self) -> list[Any]:
         schedulers = self.lr_schedulers()
