@@ -36,19 +36,23 @@ class DiagonalGaussianDistribution:
         """Per-sample KL(self || other), other defaulting to N(0, I); summed over C, H, W."""
         dims = list(range(1, self.mean.ndim))
         if self.deterministic:
-            return torch.zeros(self.mean.shape[0], device=self.mean.device, dtype=self.mean.dtype)
+            return torch.zeros(self.mean.shape[0], device=self.mean.device, dtype=torch.float32)
+        # Sum in float32: under bf16/fp16 autocast a sum over C*H*W terms loses most of its precision.
+        mean, var, logvar = self.mean.float(), self.var.float(), self.logvar.float()
         if other is None:
-            return 0.5 * torch.sum(self.mean.pow(2) + self.var - 1.0 - self.logvar, dim=dims)
+            return 0.5 * torch.sum(mean.pow(2) + var - 1.0 - logvar, dim=dims)
         return 0.5 * torch.sum(
-            (self.mean - other.mean).pow(2) / other.var + self.var / other.var - 1.0 - self.logvar + other.logvar,
+            (mean - other.mean.float()).pow(2) / other.var.float() + var / other.var.float() - 1.0 - logvar
+            + other.logvar.float(),
             dim=dims,
         )
 
     def nll(self, sample: torch.Tensor, dims: tuple[int, ...] | list[int] = (1, 2, 3)) -> torch.Tensor:
         """Negative log-likelihood of `sample`, summed over `dims`."""
         if self.deterministic:
-            return torch.zeros(sample.shape[0], device=sample.device, dtype=sample.dtype)
-        return 0.5 * torch.sum(math.log(2.0 * math.pi) + self.logvar + (sample - self.mean).pow(2) / self.var, dim=list(dims))
+            return torch.zeros(sample.shape[0], device=sample.device, dtype=torch.float32)
+        logvar, mean, var = self.logvar.float(), self.mean.float(), self.var.float()
+        return 0.5 * torch.sum(math.log(2.0 * math.pi) + logvar + (sample.float() - mean).pow(2) / var, dim=list(dims))
 
 
 def normal_kl(mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor) -> torch.Tensor:

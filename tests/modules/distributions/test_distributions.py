@@ -43,3 +43,11 @@ def test_deterministic_posterior_has_zero_kl_and_returns_mean():
     post = DiagonalGaussianDistribution(torch.randn(2, 4, 3, 3), deterministic=True)
     assert torch.equal(post.kl(), torch.zeros(2))
     assert torch.equal(post.sample(), post.mean)
+
+
+def test_kl_is_float32_under_bf16_parameters():
+    params = torch.randn(2, 8, 16, 16).to(torch.bfloat16)
+    post = DiagonalGaussianDistribution(params)
+    assert post.kl().dtype == torch.float32
+    ref = DiagonalGaussianDistribution(params.float()).kl()
+    torch.testing.assert_close(post.kl(), ref, rtol=1e-2, atol=1e-2)
