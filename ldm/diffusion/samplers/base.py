@@ -1,0 +1,148 @@
+"""Pieces every sampler shares: timestep selection, input checks, guidance + denoiser set-up, inpainting blend, logs.
+
+The common signature (one for all samplers, extra options keyword-only after it)::
+
+    sample(model_fn, schedule, x_T, steps, cond=None, uncond=None, guidance_scale=1.0, eta=0.0, mask=None,
+           x0=None, callback=None, generator=None, parameterization="eps", **opts) -> x_0
+
+`model_fn(x_t, t, cond)` returns the raw network output (eps, x0 or v, per `parameterization`); `t` is a (B,) long
+tensor of DDPM indices. `callback(i, t, x, x0_pred)` is called after step i (0-based, in sampling order) with the new
+x and the x0 prediction of that step. With `mask`, entries where mask == 1 are taken from `x0` (noised to the current
+step) before every step and exactly at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import torch
+
+from ldm.diffusion.guidance import guided_model_fn
+from ldm.diffusion.noise import randn_like
+from ldm.diffusion.parameterization import Denoiser, ModelFn
+from ldm.diffusion.schedule import DiffusionSchedule
+
+TIMESTEP_SPACINGS = ("uniform", "quad", "trailing")
+
+StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+
+
+class Sampler(Protocol):
+    """The signature every registered sampler implements."""
+
+    def __call__(self, model_fn: ModelFn, schedule: DiffusionSchedule, x_T: torch.Tensor, steps: int | None = None,
+                 cond: Any = None, uncond: Any = None, guidance_scale: float = 1.0, eta: float = 0.0,
+                 mask: torch.Tensor | None = None, x0: torch.Tensor | None = None,
+                 callback: StepCallback | None = None, generator: torch.Generator | None = None,
+                 parameterization: str = "eps", **opts: Any) -> torch.Tensor: ...
+
+
+def make_timesteps(spacing: str, steps: int, num_timesteps: int, offset: int = 1) -> list[int]:
+    """Ascending DDPM indices for `steps` sampler steps (the original `make_ddim_timesteps`, plus Lin et al. trailing).
+
+    uniform: range(0, T, T // steps) + offset (may give more than `steps` indices when T % steps != 0, as the
+    original); quad: floor(linspace(0, sqrt(0.8 T), steps)^2) + offset; trailing: round(T - k T / steps) - 1, which
+    always starts from T - 1 (Lin et al. 2023, Table 2) and takes no offset. The offset is dropped where it would
+    push the last index past T - 1 (e.g. steps == T).
+    """
+    if not isinstance(steps, int) or not 1 <= steps <= num_timesteps:
+        raise ValueError(f"steps must be an int in [1, {num_timesteps}], got {steps!r}")
+    if spacing == "uniform":
+        base = torch.arange(0, num_timesteps, num_timesteps // steps)
+    elif spacing == "quad":
+        base = (torch.linspace(0, (num_timesteps * 0.8) ** 0.5, steps, dtype=torch.float64) ** 2).long()
+    elif spacing == "trailing":
+        k = torch.arange(steps, dtype=torch.float64)
+        base = (num_timesteps - k * num_timesteps / steps).round().long() - 1
+        return sorted(base.tolist())
+    else:
+        raise ValueError(f"unknown timestep spacing {spacing!r}; expected one of {TIMESTEP_SPACINGS}")
+    if int(base[-1]) + offset <= num_timesteps - 1:
+        base = base + offset
+    return base.tolist()
+
+
+def check_timesteps(timesteps: Sequence[int], num_timesteps: int) -> list[int]:
+    """Validate explicit DDPM indices: non-decreasing ints in [0, T-1]."""
+    ts = [int(t) for t in timesteps]
+    if not ts:
+        raise ValueError("timesteps is empty")
+    if any(b < a for a, b in zip(ts, ts[1:])):
+        raise ValueError(f"timesteps must be in ascending order, got {ts}")
+    if ts[0] < 0 or ts[-1] >= num_timesteps:
+        raise ValueError(f"timesteps must lie in [0, {num_timesteps - 1}], got {ts[0]}..{ts[-1]}")
+    return ts
+
+
+def step_alphas(schedule: DiffusionSchedule, timesteps: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 abar at each index and at its predecessor; the first one's predecessor is alphas_cumprod_prev[t_0].
+
+    This is the original DDIM rule (alphas_prev[0] = abar[0] with its +1 offset) and gives abar_prev = 1 (clean) when
+    the sequence starts at t = 0, so a full sequence reproduces the DDPM posterior chain.
+    """
+    idx = torch.tensor(list(timesteps), dtype=torch.long)
+    abar = schedule.alphas_cumprod[idx]
+    abar_prev = torch.cat([schedule.alphas_cumprod_prev[idx[:1]], abar[:-1]])
+    return abar, abar_prev
+
+
+def to_like(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """float64 per-step coefficients cast to `like`'s dtype (on the CPU first) and moved to its device."""
+    return values.to(like.dtype).to(like.device)
+
+
+def check_inputs(x_T: torch.Tensor, mask: torch.Tensor | None, x0: torch.Tensor | None):
+    """Validate x_T / mask / x0 and return (mask, x0) in x_T's dtype and device."""
+    if not isinstance(x_T, torch.Tensor) or not x_T.is_floating_point():
+        raise TypeError("x_T must be a floating-point tensor (the starting noise)")
+    if mask is None:
+        return None, None
+    if x0 is None:
+        raise ValueError("mask is given but x0 (the known image to keep where mask == 1) is not")
+    if tuple(x0.shape) != tuple(x_T.shape):
+        raise ValueError(f"x0 shape {tuple(x0.shape)} must equal x_T shape {tuple(x_T.shape)}")
+    try:
+        shape = torch.broadcast_shapes(mask.shape, x_T.shape)
+    except RuntimeError as err:
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not broadcast to x_T {tuple(x_T.shape)}") from err
+    if tuple(shape) != tuple(x_T.shape):
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not broadcast to x_T {tuple(x_T.shape)}")
+    return mask.to(device=x_T.device, dtype=x_T.dtype), x0.to(device=x_T.device, dtype=x_T.dtype)
+
+
+def make_denoiser(model_fn: ModelFn, schedule: Any, parameterization: str, uncond: Any, guidance_scale: float,
+                  guidance_rescale: float = 0.0) -> Denoiser:
+    """Classifier-free guidance (when scale != 1) around model_fn, then the eps/x0 conversion."""
+    return Denoiser(guided_model_fn(model_fn, uncond, guidance_scale, guidance_rescale), schedule, parameterization)
+
+
+def blend_known(x: torch.Tensor, mask: torch.Tensor, x0: torch.Tensor, sqrt_abar: torch.Tensor,
+                sqrt_1m_abar: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Where mask == 1 take x0 noised to the current level, q(x_t | x0); elsewhere keep x (original DDIM inpaint)."""
+    known = sqrt_abar * x0 + sqrt_1m_abar * randn_like(x0, generator)
+    return mask * known + (1 - mask) * x
+
+
+def timestep_batch(x: torch.Tensor, t: int) -> torch.Tensor:
+    """(B,) long tensor filled with DDPM index t on x's device."""
+    return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+
+
+class Intermediates:
+    """Collects x and x0 predictions every `log_every_t` steps into a dict {'x_inter': [...], 'pred_x0': [...]}."""
+
+    def __init__(self, target: dict | None, x_T: torch.Tensor, total_steps: int, log_every_t: int = 100):
+        self.target = target
+        self.total = total_steps
+        self.every = max(int(log_every_t), 1)
+        if target is not None:
+            target.setdefault("x_inter", []).append(x_T)
+            target.setdefault("pred_x0", []).append(x_T)
+
+    def __call__(self, i: int, x: torch.Tensor, x0_pred: torch.Tensor) -> None:
+        """Record step i (sampling order) when its remaining-steps index is a multiple of log_every_t, or first."""
+        index = self.total - i - 1
+        if self.target is not None and (index % self.every == 0 or index == self.total - 1):
+            self.target["x_inter"].append(x)
+            self.target["pred_x0"].append(x0_pred)

@@ -1,0 +1,35 @@
+"""Shared fixtures for the diffusion maths tests: small schedules and an exact denoiser for Gaussian data."""
+import pytest
+
+from ldm.diffusion.parameterization import v_from_x0_eps
+from ldm.diffusion.schedule import DiffusionSchedule
+
+
+def gaussian_model(schedule: DiffusionSchedule, mu: float, s: float, parameterization: str = "eps"):
+    """Exact model for data x0 ~ N(mu, s^2) per entry: E[eps | x_t] and E[x0 | x_t] in closed form."""
+    abar_table = schedule.alphas_cumprod
+
+    def model_fn(x, t, cond=None):
+        abar = abar_table.to(x.dtype)[t.cpu()].to(x.device).view(-1, *([1] * (x.dim() - 1)))
+        a, b = abar.sqrt(), (1 - abar).sqrt()
+        denom = abar * s ** 2 + 1 - abar
+        eps = (x - a * mu) * b / denom
+        x0 = mu + a * s ** 2 * (x - a * mu) / denom
+        if parameterization == "eps":
+            return eps
+        if parameterization == "x0":
+            return x0
+        return v_from_x0_eps(x0, eps, a, b)
+
+    return model_fn
+
+
+@pytest.fixture
+def small_schedule():
+    """T = 50 linear schedule with a wide beta range so that abar_T is close to 0."""
+    return DiffusionSchedule.from_config("linear", 50, linear_start=1e-3, linear_end=0.2)
+
+
+@pytest.fixture
+def make_gaussian_model():
+    return gaussian_model
