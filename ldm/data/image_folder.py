@@ -1,0 +1,292 @@
+"""A folder of images as a dataset: recursive scan, captions (sidecar .txt / metadata.jsonl / metadata.csv), class
+sub-folders, deterministic train/validation split, and skipping of unreadable files without stopping the run."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import posixpath
+import warnings
+from collections.abc import Iterable, Sequence
+
+from torch.utils.data import Dataset
+
+from ldm.data.base import BadImageWarning, SkipCounter
+from ldm.data.transforms import ImageTransform, load_image
+
+DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
+# Caption columns looked for in metadata files when `caption_key` is not given, in this order (HF imagefolder uses "text").
+CAPTION_COLUMNS = ("text", "caption")
+METADATA_FILES = ("metadata.jsonl", "metadata.csv")
+SPLITS = {None: None, "all": None, "train": "train", "training": "train",
+          "validation": "validation", "val": "validation", "valid": "validation"}
+
+
+def _normalize_extensions(extensions: str | Iterable[str]) -> tuple[str, ...]:
+    """('jpg', '.PNG') -> ('.jpg', '.png')."""
+    if isinstance(extensions, str):
+        extensions = [extensions]
+    exts = tuple("." + str(e).lower().lstrip(".") for e in extensions)
+    if not exts:
+        raise ValueError("extensions must name at least one file extension")
+    return exts
+
+
+def scan_folder(root: str, extensions: Sequence[str]) -> tuple[list[str], set[str], list[str]]:
+    """Walk `root` (following links, skipping hidden entries) in sorted order.
+
+    Returns image paths and sidecar .txt paths relative to root (POSIX separators), and metadata file paths, shallowest
+    first so deeper metadata can override it.
+    """
+    images, texts, metadata = [], set(), []
+    seen_dirs = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:  # a symlink cycle or a folder linked twice
+            dirnames[:] = []
+            continue
+        seen_dirs.add(real)
+        # Hidden entries include macOS "._x.jpg" resource forks, which look like images but are not
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
+        rel_dir = "" if rel_dir == "." else rel_dir
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            rel = posixpath.join(rel_dir, name)
+            lower = name.lower()
+            if lower.endswith(tuple(extensions)):
+                images.append(rel)
+            elif lower.endswith(".txt"):
+                texts.add(rel)
+            elif lower in METADATA_FILES:
+                metadata.append(rel)
+    images.sort()
+    metadata.sort(key=lambda p: (p.count("/"), p))
+    return images, texts, metadata
+
+
+def _caption_of(row: dict, caption_key: str | None) -> str | None:
+    """Caption field of one metadata row: `caption_key`, else the first of CAPTION_COLUMNS present."""
+    keys = [caption_key] if caption_key else CAPTION_COLUMNS
+    for key in keys:
+        value = row.get(key)
+        if value is not None:
+            return str(value)
+    return None
+
+
+def read_metadata(path: str, caption_key: str | None = None) -> dict[str, str]:
+    """Captions from a metadata.jsonl / metadata.csv: {file_name relative to the metadata file's folder: caption}."""
+    rows: list[tuple[int, dict]] = []
+    with open(path, encoding="utf-8", newline="") as f:
+        if path.endswith(".jsonl"):
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{lineno}: invalid JSON ({err})") from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+                rows.append((lineno, row))
+        else:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or "file_name" not in reader.fieldnames:
+                raise ValueError(f"{path}: the CSV header must have a 'file_name' column, got {reader.fieldnames}")
+            rows = [(lineno, row) for lineno, row in enumerate(reader, 2)]
+    captions = {}
+    for lineno, row in rows:
+        if "file_name" not in row:
+            raise ValueError(f"{path}:{lineno}: no 'file_name' field")
+        caption = _caption_of(row, caption_key)
+        if caption is not None:
+            captions[posixpath.normpath(str(row["file_name"]).replace("\\", "/"))] = caption
+    if rows and caption_key and not captions:
+        raise ValueError(f"{path}: no row has the caption column '{caption_key}' (caption_key)")
+    return captions
+
+
+def read_file_list(file_list: str | Sequence[str], root: str) -> list[str]:
+    """Relative image paths from a txt file (one per line; blank lines and '#' comments ignored) or a list."""
+    if isinstance(file_list, (str, os.PathLike)):
+        path = os.fspath(file_list)
+        if not os.path.isabs(path) and not os.path.isfile(path):
+            path = os.path.join(root, path)  # a bare name means a list stored next to the images
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"file_list not found: {file_list}")
+        with open(path, encoding="utf-8") as f:
+            entries = [line.strip() for line in f]
+    else:
+        entries = [str(e).strip() for e in file_list]
+    rels = [posixpath.normpath(e.replace("\\", "/")) for e in entries if e and not e.startswith("#")]
+    missing = [r for r in rels if not os.path.isfile(os.path.join(root, r))]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise FileNotFoundError(f"file_list names {len(missing)} file(s) missing under {root}: {shown}")
+    return rels
+
+
+def _hash_order(paths: Sequence[str], seed: int) -> list[int]:
+    """Indices of `paths` in a pseudo-random order that depends only on each path and the seed (stable when files are added)."""
+    def key(i: int) -> str:
+        return hashlib.sha1(f"{seed}:{paths[i]}".encode()).hexdigest()
+    return sorted(range(len(paths)), key=key)
+
+
+def split_indices(paths: Sequence[str], split: str | None, validation_fraction: float, seed: int = 0) -> list[int]:
+    """Deterministic train / validation partition: the first round(n * fraction) paths in hash order are validation."""
+    if split is None or validation_fraction <= 0:
+        return list(range(len(paths)))
+    n = len(paths)
+    n_val = min(max(1, round(n * validation_fraction)), n - 1) if n > 1 else 0
+    val = set(_hash_order(paths, seed)[:n_val])
+    return [i for i in range(n) if (i in val) == (split == "validation")]
+
+
+def class_folders(root: str) -> list[str]:
+    """Sorted non-hidden top-level sub-folders of `root`: the class names (torchvision ImageFolder's rule)."""
+    with os.scandir(root) as entries:
+        return sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+
+
+class ImageFolder(Dataset):
+    """Images under `root` (recursive) as dicts: `image` HWC float32 in [-1, 1], `file_path_`, and when available
+    `caption` (sidecar `<name>.txt` > metadata.jsonl / metadata.csv as in HF imagefolder) and `class_label` /
+    `human_label` (top-level sub-folder, sorted, used when every image lies in one).
+
+    `file_list` (a txt of relative paths, or a list) replaces the scan, as the CompVis `txt_file` datasets did.
+    `split` = "train" / "validation" with `validation_fraction` carves a deterministic split from one folder.
+    `max_items` keeps a fixed pseudo-random subset. A file that cannot be decoded is skipped with a BadImageWarning and
+    the next readable item is returned; `num_skipped` counts such files across DataLoader workers.
+    """
+
+    def __init__(self, root: str, size: int | None = 256, random_crop: bool = False, flip: bool = False,
+                 extensions: Sequence[str] = DEFAULT_EXTENSIONS, caption_key: str | None = None,
+                 class_from_subfolders: bool = True, max_items: int | None = None,
+                 file_list: str | Sequence[str] | None = None, split: str | None = None,
+                 validation_fraction: float = 0.0, split_seed: int = 0, interpolation: str = "bicubic"):
+        root = os.path.expanduser(os.fspath(root))
+        if not os.path.exists(root):
+            raise FileNotFoundError(f"image folder not found: {root}")
+        if not os.path.isdir(root):
+            raise NotADirectoryError(f"image folder is not a directory: {root}")
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {[s for s in SPLITS if s]} or None, got {split!r}")
+        if not 0.0 <= float(validation_fraction) < 1.0:
+            raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+        split = SPLITS[split]
+        if split == "validation" and validation_fraction <= 0 and file_list is None:
+            raise ValueError(f"split='validation' of {root} needs validation_fraction > 0 or a file_list")
+        self.root = root
+        self.split = split
+        self.transform = ImageTransform(size, random_crop=random_crop, flip=flip, interpolation=interpolation)
+        exts = _normalize_extensions(extensions)
+
+        scanned, texts, metadata = scan_folder(root, exts)
+        paths = read_file_list(file_list, root) if file_list is not None else scanned
+        if not paths:
+            what = f"file_list {file_list}" if file_list is not None else f"{root} (extensions {', '.join(exts)})"
+            raise ValueError(f"no images found in {what}")
+        keep = split_indices(paths, split, float(validation_fraction), split_seed)
+        if max_items is not None and len(keep) > max_items:
+            kept = [paths[i] for i in keep]
+            keep = sorted(keep[j] for j in _hash_order(kept, split_seed + 1)[:max(0, int(max_items))])
+        self.paths = [paths[i] for i in keep]
+        if not self.paths:
+            raise ValueError(f"the {split} split of {root} is empty ({len(paths)} images, "
+                             f"validation_fraction={validation_fraction}, max_items={max_items})")
+
+        self.captions = self._resolve_captions(texts, metadata, caption_key)
+        self.has_captions = any(c is not None for c in self.captions)
+        self.class_names = self._resolve_classes(paths) if class_from_subfolders else None
+        self._skips = SkipCounter(len(self.paths))
+
+    def _resolve_captions(self, texts: set[str], metadata: list[str], caption_key: str | None) -> list[str | None]:
+        """Per item: ('sidecar', relpath) for a .txt next to it, else its metadata caption, else None."""
+        from_meta: dict[str, str] = {}
+        for meta in metadata:  # shallowest first, so deeper files override
+            folder = posixpath.dirname(meta)
+            for name, caption in read_metadata(os.path.join(self.root, meta), caption_key).items():
+                from_meta[posixpath.normpath(posixpath.join(folder, name))] = caption
+        captions: list = []
+        for rel in self.paths:
+            sidecar = posixpath.splitext(rel)[0] + ".txt"
+            # Sidecars are read lazily in __getitem__: reading millions of small files here would stall start-up
+            captions.append(("sidecar", sidecar) if sidecar in texts else from_meta.get(rel))
+        return captions
+
+    def _resolve_classes(self, all_paths: Sequence[str]) -> list[str] | None:
+        """Class names when every image lies in a top-level sub-folder, else None."""
+        if any("/" not in p for p in all_paths):
+            return None
+        names = class_folders(self.root)
+        self._class_index = {name: i for i, name in enumerate(names)}
+        return names
+
+    @property
+    def num_skipped(self) -> int:
+        """Distinct unreadable files skipped so far, counted across all DataLoader worker processes."""
+        return self._skips.count
+
+    def skipped_files(self) -> list[str]:
+        """Paths of the unreadable files skipped so far."""
+        return [os.path.join(self.root, self.paths[i]) for i in self._skips.indices()]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _caption(self, i: int) -> str:
+        """Caption of item i ('' when it has none)."""
+        caption = self.captions[i]
+        if isinstance(caption, tuple):
+            path = os.path.join(self.root, caption[1])
+            try:
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    return f.read().strip()
+            except OSError as err:
+                warnings.warn(f"cannot read caption file {path}: {err}", BadImageWarning, stacklevel=2)
+                return ""
+        return caption or ""
+
+    def _example(self, i: int, image) -> dict:
+        """The example dict of item i from its decoded RGB image."""
+        path = os.path.join(self.root, self.paths[i])
+        example = {"image": self.transform(image), "file_path_": path}
+        if self.has_captions:
+            example["caption"] = self._caption(i)
+        if self.class_names is not None:
+            name = self.paths[i].split("/", 1)[0]
+            example["class_label"] = self._class_index[name]
+            example["human_label"] = name
+        return example
+
+    def __getitem__(self, index: int) -> dict:
+        """Item `index`, or the next readable one when its file cannot be decoded."""
+        n = len(self.paths)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {n} images")
+        index %= n
+        last_error = None
+        for k in range(n):
+            j = (index + k) % n
+            if self._skips.is_marked(j):
+                continue
+            path = os.path.join(self.root, self.paths[j])
+            try:
+                image = load_image(path, min_side=self.transform.size)
+            except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ... for bad data
+                last_error = f"{path}: {type(err).__name__}: {err}"
+                if self._skips.mark(j):
+                    warnings.warn(f"skipping unreadable image {last_error}", BadImageWarning, stacklevel=2)
+                continue
+            return self._example(j, image)
+        raise RuntimeError(f"all {n} images under {self.root} are unreadable"
+                           + (f" (last: {last_error})" if last_error else ""))
+
+    def __repr__(self) -> str:
+        return (f"ImageFolder(root='{self.root}', n={len(self)}, split={self.split}, captions={self.has_captions}, "
+                f"classes={None if self.class_names is None else len(self.class_names)}, {self.transform})")
