@@ -98,11 +98,14 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm(x)
         b, c, height, width = h.shape
-        # (B, C, H, W) -> (B, 1 head, H*W, C); SDPA's default scale 1/sqrt(C) is the original's.
-        q, k, v = (t.reshape(b, 1, c, height * width).transpose(2, 3) for t in (self.q(h), self.k(h), self.v(h)))
-        out = F.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous())
-        out = out.transpose(2, 3).reshape(b, c, height, width)
-        return x + self.proj_out(out)
+        tokens = h.flatten(2).transpose(1, 2)  # (B, H*W, C)
+        # q, k, v are 1x1 convs in the checkpoint layout; one fused matmul over their stacked weights is the same map.
+        weight = torch.cat([self.q.weight, self.k.weight, self.v.weight]).view(3 * c, c)
+        bias = torch.cat([self.q.bias, self.k.bias, self.v.bias])
+        q, k, v = F.linear(tokens, weight, bias).unsqueeze(1).chunk(3, dim=-1)  # each (B, 1 head, H*W, C)
+        out = F.scaled_dot_product_attention(q, k, v)  # default scale 1/sqrt(C), as the original
+        out = F.linear(out.squeeze(1), self.proj_out.weight.view(c, c), self.proj_out.bias)
+        return x + out.transpose(1, 2).reshape(b, c, height, width)
 
 
 def make_attn(in_channels: int, attn_type: str = "vanilla") -> nn.Module:
