@@ -1,0 +1,1 @@
+"""Evaluation: the shapes checker (`ldm.eval.shapes`) and reconstruction / sample metrics."""
