@@ -1,0 +1,210 @@
+"""Train a model from YAML configs: the CompVis `main.py` command line on Lightning 2.
+
+    python main.py --base configs/autoencoder_kl_f8.yaml configs/overlays/cpu.yaml -t
+    python main.py --base configs/x.yaml -t model.params.embed_dim=8 lightning.trainer.max_steps=100
+    python main.py -r logs/<run>                      # continue a run from checkpoints/last.ckpt
+
+This file only parses arguments, merges configs, builds objects and runs them; the Lightning glue lives in
+`ldm/trainer/`. Configs may name `main.DataModuleFromConfig`, `main.ImageLogger`, `main.SetupCallback` and
+`main.CUDACallback` as in CompVis.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from argparse import Namespace
+from typing import Any
+
+from ldm.checkpoint import CheckpointError
+from ldm.trainer.callbacks import CUDACallback, SetupCallback  # noqa: F401  (CompVis config targets)
+from ldm.trainer.cli import UsageError, load_run_config, parse_args, resolve_resume
+from ldm.trainer.image_logger import ImageLogger  # noqa: F401  (CompVis config target)
+from ldm.trainer.logdir import RunPaths, choose_logdir, hand_over, move_to_debug_runs, remove_if_unused, restore_env
+from ldm.util import ConfigError
+
+# Errors a user fixes without reading a traceback: printed as one line, exit status 1 (ConfigError/UsageError: 2).
+USER_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, CheckpointError)
+
+
+def __getattr__(name: str) -> Any:
+    """`main.DataModuleFromConfig` (CompVis config target), imported on first use."""
+    if name == "DataModuleFromConfig":
+        from ldm.data.datamodule import DataModuleFromConfig
+
+        return DataModuleFromConfig
+    raise AttributeError(f"module 'main' has no attribute '{name}'")
+
+
+def say(message: str) -> None:
+    """Print on global rank 0 only."""
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank == 0:
+        print(message, flush=True)
+
+
+def build(opt: Namespace, dotlist: list[str]) -> dict[str, Any]:
+    """Config, model, data, callbacks, loggers and Trainer; writes no files (errors here leave no run folder)."""
+    import pytorch_lightning as pl
+    from omegaconf import OmegaConf
+    from pytorch_lightning.utilities.exceptions import MisconfigurationException
+    from pytorch_lightning.utilities.model_helpers import is_overridden
+
+    from ldm.trainer.build import checkpoint_config, configured_callbacks, learning_rate, trainer_kwargs
+    from ldm.trainer.checkpoint_io import AtomicCheckpointIO
+    from ldm.trainer.loggers import build_loggers
+    from ldm.trainer.progress import ThroughputProgressBar, TrainingStats
+    from ldm.trainer.signals import CheckpointOnSignal
+    from ldm.util import instantiate_from_config
+
+    resume = resolve_resume(opt.resume) if opt.resume else None
+    logdir, now = choose_logdir(opt.logdir, opt.name, opt.postfix, opt.base, resume.logdir if resume else None)
+    paths = RunPaths(logdir)
+    config = load_run_config(opt, dotlist, resume)
+    pl.seed_everything(opt.seed, workers=True)
+    lightning_cfg = config.get("lightning") or OmegaConf.create()
+    for section in ("model", "data"):
+        if OmegaConf.select(config, section) is None:
+            raise ConfigError(f"{section}: missing from the config (expected {section}: {{target: ..., params: ...}})")
+
+    model = instantiate_from_config(config.model)
+    data = instantiate_from_config(config.data)
+    trainer_cfg, notes, extra_callbacks = trainer_kwargs(lightning_cfg.get("trainer"), model)
+    loggers = build_loggers(lightning_cfg.get("logger"), logdir, paths.name, opt.project, opt.debug)
+    checkpoint = None
+    if trainer_cfg.get("enable_checkpointing", True):
+        checkpoint = instantiate_from_config(checkpoint_config(lightning_cfg, model, paths))
+    else:
+        say("lightning.trainer.enable_checkpointing=false: no checkpoints, so this run cannot be resumed")
+    stats = TrainingStats()
+    callbacks = [SetupCallback(resume=resume, now=now, logdir=logdir, ckptdir=paths.ckptdir, cfgdir=paths.cfgdir,
+                               config=config, lightning_config=lightning_cfg),
+                 *([checkpoint, CheckpointOnSignal()] if checkpoint is not None else []), stats,
+                 *configured_callbacks(lightning_cfg).values(), *extra_callbacks]
+    if trainer_cfg.get("enable_progress_bar", True):
+        callbacks.append(ThroughputProgressBar(stats))
+    try:
+        trainer = pl.Trainer(**trainer_cfg, logger=loggers, callbacks=callbacks, default_root_dir=logdir,
+                             plugins=[AtomicCheckpointIO(trusted_dirs=[paths.ckptdir])])
+    except (MisconfigurationException, ValueError, TypeError) as err:
+        raise ConfigError(f"lightning.trainer: {err}") from err
+
+    can_test = OmegaConf.select(config, "data.params.test") is not None and is_overridden("test_step", model)
+    will_test = not opt.no_test and can_test
+    if opt.train or will_test:  # CompVis sets data up before fit too: a missing folder fails before files are written
+        data.prepare_data()
+        data.setup("fit" if opt.train else "test")
+    for split, dataset in (getattr(data, "datasets", None) or {}).items():
+        say(f"data: {split}: {type(dataset).__name__}, {len(dataset)} examples")
+
+    if opt.train:
+        base_lr = OmegaConf.select(config, "model.base_learning_rate")
+        batch_size = OmegaConf.select(config, "data.params.batch_size") or getattr(data, "batch_size", None)
+        if base_lr is None or batch_size is None:
+            raise ConfigError("model.base_learning_rate and data.params.batch_size are needed to set the learning rate")
+        accumulate = int(OmegaConf.select(lightning_cfg, "trainer.accumulate_grad_batches", default=1) or 1)
+        model.learning_rate, message = learning_rate(float(base_lr), int(batch_size), accumulate,
+                                                     trainer.num_devices, trainer.num_nodes, scale=opt.scale_lr)
+        notes.append(message)
+    for note in notes:
+        say(note)
+    return dict(config=config, model=model, data=data, trainer=trainer, paths=paths, now=now, resume=resume,
+                loggers=loggers, checkpoint=checkpoint, test=will_test)
+
+
+def _cleanup(built: dict[str, Any]) -> None:
+    """After a failed fit: remove a fresh run folder in which no batch ran (rank 0)."""
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    checkpoint = built["checkpoint"]
+    trained = checkpoint._batches_this_process if checkpoint is not None else built["trainer"].global_step
+    if rank_zero_only.rank == 0 and built["resume"] is None and remove_if_unused(built["paths"], trained):
+        say(f"removed the run folder {built['paths'].logdir}: no training batch ran")
+
+
+def run(opt: Namespace, built: dict[str, Any]) -> int:
+    """Fit (and test); hand the run folder to DDP ranks; report wandb sync; returns the exit status."""
+    import warnings
+
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    from ldm.trainer.loggers import finish_wandb, start_wandb
+
+    trainer, paths = built["trainer"], built["paths"]
+    if not opt.train and not built["test"]:
+        say("nothing to do: pass -t/--train to train (the config has no test data or the model no test_step)")
+        return 0
+    if built["resume"] is not None:  # the run's own checkpoints are expected there
+        warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
+    previous_env = hand_over(paths.logdir, built["now"])
+    logdir = paths.logdir
+    try:
+        trainer.loggers = start_wandb(list(trainer.loggers), paths.logdir, paths.name, opt.project)
+        if opt.train:
+            ckpt = built["resume"].ckpt if built["resume"] else None
+            if ckpt:
+                say(f"resuming from {ckpt}")
+            try:
+                trainer.fit(built["model"], built["data"], ckpt_path=ckpt)
+            except SIGTERMException:
+                say(f"SIGTERM: training stopped and {paths.last_ckpt} was saved; continue with: "
+                    f"python main.py -r {paths.logdir}")
+                return 0
+            except ConfigError:
+                _cleanup(built)
+                raise
+            except BaseException:  # the original error propagates unchanged (a checkpoint was saved if possible)
+                if opt.debug and rank_zero_only.rank == 0 and sys.stdin.isatty():
+                    import pdb
+
+                    pdb.post_mortem(sys.exc_info()[2])
+                elif not opt.debug:
+                    _cleanup(built)
+                raise
+        if built["test"] and not trainer.interrupted:
+            trainer.test(built["model"], built["data"])
+    finally:
+        restore_env(previous_env)
+        hint = finish_wandb(list(trainer.loggers)) if rank_zero_only.rank == 0 else None
+        if opt.debug and built["resume"] is None and rank_zero_only.rank == 0 and os.path.isdir(logdir):
+            logdir = move_to_debug_runs(logdir)
+            say(f"debug run moved to {logdir}")
+            hint = hint.replace(paths.logdir, logdir) if hint else None
+        if hint:
+            say(f"wandb ran offline; upload this run with:\n  {hint}")
+    say(f"run folder: {logdir}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: returns 0 on success, 2 for config / usage errors, 1 for other errors before training."""
+    try:
+        opt, dotlist = parse_args(argv)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        built = build(opt, dotlist)
+    except (ConfigError, UsageError) as err:
+        if opt.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except USER_ERRORS as err:
+        if opt.debug:
+            raise
+        print(f"error: {type(err).__name__}: {err}\n(run with -d for the full traceback)", file=sys.stderr)
+        return 1
+    try:
+        return run(opt, built)
+    except ConfigError as err:
+        if opt.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
