@@ -23,6 +23,11 @@ LEGACY_TARGETS = {
     "taming.models.vqgan.VQModel": "ldm.models.autoencoder.VQModel",
     "taming.modules.vqvae.quantize.VectorQuantizer2": "ldm.modules.vqvae.quantize.VectorQuantizer2",
     "taming.modules.vqvae.quantize.VectorQuantizer": "ldm.modules.vqvae.quantize.VectorQuantizer",
+    # CompVis configs name classes of its main.py; ours live in the package (main.py re-exports them).
+    "main.DataModuleFromConfig": "ldm.data.datamodule.DataModuleFromConfig",
+    "main.ImageLogger": "ldm.trainer.image_logger.ImageLogger",
+    "main.SetupCallback": "ldm.trainer.callbacks.SetupCallback",
+    "main.CUDACallback": "ldm.trainer.callbacks.CUDACallback",
 }
 
 # Files that were merged into the running config, in merge order: (path, loaded config). Filled by `load_configs`

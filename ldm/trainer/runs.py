@@ -1,0 +1,54 @@
+"""Load a trained model from a `main.py` run folder (its saved configs + a checkpoint) for evaluation and sampling."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ldm.trainer.cli import resolve_resume
+from ldm.util import instantiate_from_config, load_configs
+
+log = logging.getLogger(__name__)
+
+INFERENCE_LOSS = {"target": "torch.nn.Identity"}
+
+
+def run_config(path: str) -> tuple[DictConfig, str]:
+    """(merged config, checkpoint path) of a run folder or of a `.ckpt` inside one."""
+    info = resolve_resume(path)
+    return load_configs(info.configs), info.ckpt
+
+
+def inference_model_config(model_cfg: DictConfig) -> DictConfig:
+    """A model config for inference: no training losses (no LPIPS/discriminator), weights come from the run's ckpt."""
+    cfg = OmegaConf.create(OmegaConf.to_container(model_cfg, resolve=True))
+    params = cfg.get("params", {})
+    if "lossconfig" in params:
+        params.lossconfig = INFERENCE_LOSS
+    for key in ("ckpt_path",):
+        if key in params:
+            params[key] = None
+    first_stage = params.get("first_stage_config")
+    if isinstance(first_stage, DictConfig) and "params" in first_stage:
+        first_stage.params.ckpt_path = None  # the run's checkpoint already holds first_stage_model.*
+    return cfg
+
+
+def load_model_from_run(path: str, checkpoint: str | None = None, device: str | torch.device = "cpu",
+                        eval_mode: bool = True):
+    """Instantiate the run's model without training losses and load its weights (weights_only). Returns (model, cfg)."""
+    config, ckpt = run_config(path)
+    if checkpoint is not None:
+        ckpt = checkpoint
+    model = instantiate_from_config(inference_model_config(config.model))
+    if not hasattr(model, "init_from_ckpt"):
+        raise TypeError(f"{type(model).__name__} has no init_from_ckpt; cannot load {ckpt}")
+    model.init_from_ckpt(ckpt)
+    model = model.to(device)
+    if eval_mode:
+        model.eval()
+    log.info("loaded %s from %s", type(model).__name__, ckpt)
+    return model, config

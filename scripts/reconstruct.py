@@ -1,0 +1,66 @@
+#!/usr/bin/env python
+"""Reconstruct held-out images with a trained first-stage model: a grid (inputs over reconstructions) and metrics.
+
+    python scripts/reconstruct.py -r logs/<run> [--n 8] [--out logs/<run>/reconstructions.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+def grid_image(rows: list[torch.Tensor]) -> Image.Image:
+    """Rows of B,C,H,W tensors in [-1, 1] stacked into one uint8 image (one row per tensor)."""
+    cols = [torch.cat(list(r.clamp(-1, 1)), dim=2) for r in rows]  # C,H,B*W
+    full = torch.cat(cols, dim=1)
+    array = ((full.permute(1, 2, 0).cpu().numpy() + 1.0) * 127.5).round().astype(np.uint8)
+    return Image.fromarray(array)
+
+
+@torch.no_grad()
+def reconstruct(model, x: torch.Tensor) -> torch.Tensor:
+    """Deterministic reconstruction: the posterior mode for KL models, the quantized code for VQ models."""
+    if hasattr(model, "quantize"):
+        return model(x)[0]
+    return model(x, sample_posterior=False)[0]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-r", "--resume", required=True, help="run folder (or a .ckpt inside its checkpoints/)")
+    parser.add_argument("--n", type=int, default=8, help="number of validation images")
+    parser.add_argument("--out", default=None, help="output PNG (default <run>/reconstructions.png)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+
+    from ldm.trainer.runs import load_model_from_run
+    from ldm.util import instantiate_from_config
+
+    model, config = load_model_from_run(args.resume, device=args.device)
+    dataset = instantiate_from_config(config.data.params.validation)
+    items = [dataset[i] for i in range(min(args.n, len(dataset)))]
+    x = torch.stack([torch.as_tensor(it["image"]) for it in items]).permute(0, 3, 1, 2).float().to(args.device)
+    rec = reconstruct(model, x)
+    mse = (rec.clamp(-1, 1) - x).pow(2).mean(dim=(1, 2, 3))
+    psnr = (10 * torch.log10(4.0 / mse)).mean().item()  # peak-to-peak range of [-1, 1] is 2
+    l1 = (rec - x).abs().mean().item()
+    run = args.resume if os.path.isdir(args.resume) else os.path.dirname(os.path.dirname(args.resume))
+    out = args.out or os.path.join(run, "reconstructions.png")
+    grid_image([x, rec]).save(out)
+    metrics = {"images": len(items), "l1": round(l1, 4), "psnr_db": round(psnr, 2), "grid": out}
+    print(json.dumps(metrics))
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
