@@ -40,7 +40,7 @@ def vq_config(disc_start=1000, n_embed=64, **extra):
 class FixedBatch(Dataset):
     """The same few images over and over (HWC in [-1, 1]), for overfitting."""
 
-    def __init__(self, n=4, size=32, length=64):
+    def __init__(self, n=4, size=16, length=64):
         g = torch.Generator().manual_seed(0)
         base = torch.rand(n, 3, size // 8, size // 8, generator=g)
         self.images = (torch.nn.functional.interpolate(base, size=size, mode="bilinear") * 2 - 1).permute(0, 2, 3, 1)

@@ -31,7 +31,7 @@ def test_overfits_a_fixed_batch():
     x = model.get_input(batch, "image")
     with torch.no_grad():
         before = (model(x, sample_posterior=False)[0] - x).abs().mean().item()
-    fit(model, steps=60)
+    fit(model, steps=40)
     with torch.no_grad():
         after = (model(x, sample_posterior=False)[0] - x).abs().mean().item()
     assert after < 0.5 * before, (before, after)

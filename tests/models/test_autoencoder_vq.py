@@ -54,7 +54,7 @@ def test_trains_reduces_reconstruction_and_logs_codebook_health():
     with torch.no_grad():
         before = (model(x)[0] - x).abs().mean().item()
     model.train()
-    trainer = fit(model, steps=40)
+    trainer = fit(model, steps=30)
     model.eval()
     with torch.no_grad():
         after = (model(x)[0] - x).abs().mean().item()

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ldm.checkpoint import CheckpointError, load_state_dict
+from ldm.optim import adam
 from ldm.util import batches_seen, instantiate_from_config
 
 log = logging.getLogger(__name__)
@@ -219,8 +220,8 @@ class AdversarialAutoencoder(pl.LightningModule):
             raise RuntimeError(f"the loss {type(self.loss).__name__} has no discriminator; training a first stage "
                                "needs an adversarial loss such as ldm.modules.losses.LPIPSWithDiscriminator")
         lr = self.learning_rate
-        opt_g = torch.optim.Adam(list(self.generator_parameters()), lr=lr * self.lr_g_factor, betas=ADAM_BETAS)
-        opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=ADAM_BETAS)
+        opt_g = adam(self.generator_parameters(), lr=lr * self.lr_g_factor, betas=ADAM_BETAS)
+        opt_d = adam(discriminator.parameters(), lr=lr, betas=ADAM_BETAS)
         if self.scheduler_config is None:
             return [opt_g, opt_d]
         schedule = instantiate_from_config(self.scheduler_config)
