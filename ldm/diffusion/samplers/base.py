@@ -6,9 +6,11 @@ The common signature (one for all samplers, extra options keyword-only after it)
            x0=None, callback=None, generator=None, parameterization="eps", **opts) -> x_0
 
 `model_fn(x_t, t, cond)` returns the raw network output (eps, x0 or v, per `parameterization`); `t` is a (B,) long
-tensor of DDPM indices. `callback(i, t, x, x0_pred)` is called after step i (0-based, in sampling order) with the new
-x and the x0 prediction of that step. With `mask`, entries where mask == 1 are taken from `x0` (noised to the current
-step) before every step and exactly at the end.
+tensor of DDPM indices (sigma-space samplers pass fractional float indices unless `quantize=True`; see
+`sigma_space`). `callback(i, t, x, x0_pred)` is called after step i (0-based, in sampling order) with the new x and
+the x0 prediction of that step. With `mask`, entries where mask == 1 are taken from `x0` (noised to the current step)
+before every step and exactly at the end. `make_denoiser` is the one place where guidance, the eps/x0/v conversion
+and x0 thresholding (`threshold_x0`) are put around the network for every sampler.
 """
 
 from __future__ import annotations
@@ -20,10 +22,15 @@ import torch
 
 from ldm.diffusion.guidance import guided_model_fn
 from ldm.diffusion.noise import randn_like
-from ldm.diffusion.parameterization import Denoiser, ModelFn
+from ldm.diffusion.parameterization import Denoiser, ModelFn, eps_from_x0
 from ldm.diffusion.schedule import DiffusionSchedule
 
-TIMESTEP_SPACINGS = ("uniform", "quad", "trailing")
+TIMESTEP_SPACINGS = ("uniform", "quad", "trailing", "leading", "linspace")
+
+# x0 thresholding switches: "clip" clamps to [-max_value, max_value]; "dynamic" is Imagen's dynamic thresholding.
+THRESHOLDINGS = ("clip", "dynamic")
+DYNAMIC_THRESHOLD_RATIO = 0.995  # the percentile p of |x0| (Saharia et al. 2022, sec. 2.3)
+THRESHOLD_MAX_VALUE = 1.0  # images live in [-1, 1]; latents may want their own bound
 
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 
@@ -43,8 +50,10 @@ def make_timesteps(spacing: str, steps: int, num_timesteps: int, offset: int = 1
 
     uniform: range(0, T, T // steps) + offset (may give more than `steps` indices when T % steps != 0, as the
     original); quad: floor(linspace(0, sqrt(0.8 T), steps)^2) + offset; trailing: round(T - k T / steps) - 1, which
-    always starts from T - 1 (Lin et al. 2023, Table 2) and takes no offset. The offset is dropped where it would
-    push the last index past T - 1 (e.g. steps == T).
+    always starts from T - 1 (Lin et al. 2023, Table 2) and takes no offset; leading: k * (T // steps) + offset for
+    k < steps (exactly `steps` indices, the diffusers "leading" with steps_offset); linspace: round(linspace(0,
+    T - 1, steps)), from T - 1 down to 0 (one step: [T - 1]), no offset. The offset is dropped where it would push
+    the last index past T - 1 (e.g. steps == T).
     """
     if not isinstance(steps, int) or not 1 <= steps <= num_timesteps:
         raise ValueError(f"steps must be an int in [1, {num_timesteps}], got {steps!r}")
@@ -56,6 +65,12 @@ def make_timesteps(spacing: str, steps: int, num_timesteps: int, offset: int = 1
         k = torch.arange(steps, dtype=torch.float64)
         base = (num_timesteps - k * num_timesteps / steps).round().long() - 1
         return sorted(base.tolist())
+    elif spacing == "leading":
+        base = torch.arange(steps) * (num_timesteps // steps)
+    elif spacing == "linspace":
+        if steps == 1:  # linspace(0, T - 1, 1) would be [0]; one step starts from the noisiest index like the rest
+            return [num_timesteps - 1]
+        return torch.linspace(0, num_timesteps - 1, steps, dtype=torch.float64).round().long().tolist()
     else:
         raise ValueError(f"unknown timestep spacing {spacing!r}; expected one of {TIMESTEP_SPACINGS}")
     if int(base[-1]) + offset <= num_timesteps - 1:
@@ -111,10 +126,73 @@ def check_inputs(x_T: torch.Tensor, mask: torch.Tensor | None, x0: torch.Tensor 
     return mask.to(device=x_T.device, dtype=x_T.dtype), x0.to(device=x_T.device, dtype=x_T.dtype)
 
 
+def threshold_x0(x0: torch.Tensor, mode: str | None = None, ratio: float = DYNAMIC_THRESHOLD_RATIO,
+                 max_value: float = THRESHOLD_MAX_VALUE) -> torch.Tensor:
+    """x0 unchanged (None), clamped to [-max_value, max_value] ("clip"), or dynamically thresholded ("dynamic").
+
+    Dynamic thresholding (Saharia et al. 2022, sec. 2.3): per sample s = max(quantile(|x0|, ratio), max_value), then
+    clamp to [-s, s] and rescale by max_value / s, so saturated predictions are pushed inwards instead of clipped.
+    """
+    if mode is None:
+        return x0
+    if mode == "clip":
+        return x0.clamp(-max_value, max_value)
+    if mode == "dynamic":
+        # quantile needs float32/64; one value per sample over all non-batch dims
+        s = x0.detach().flatten(1).abs().float().quantile(ratio, dim=1).clamp(min=max_value)
+        s = s.to(x0.dtype).view(-1, *((1,) * (x0.dim() - 1)))
+        return torch.maximum(torch.minimum(x0, s), -s) * (max_value / s)
+    raise ValueError(f"unknown thresholding {mode!r}; expected None or one of {THRESHOLDINGS}")
+
+
+def resolve_thresholding(thresholding: str | None, clip_denoised: bool = False) -> str | None:
+    """Merge the original `clip_denoised` flag into the `thresholding` switch (clip_denoised=True means "clip")."""
+    if thresholding is not None and thresholding not in THRESHOLDINGS:
+        raise ValueError(f"unknown thresholding {thresholding!r}; expected None or one of {THRESHOLDINGS}")
+    if clip_denoised:
+        if thresholding not in (None, "clip"):
+            raise ValueError(f"clip_denoised=True conflicts with thresholding={thresholding!r}; pass one of them")
+        return "clip"
+    return thresholding
+
+
+class ThresholdedDenoiser(Denoiser):
+    """A Denoiser whose x0 predictions pass through `threshold_x0`, with eps recomputed from the thresholded x0."""
+
+    def __init__(self, model_fn: ModelFn, schedule: Any, parameterization: str, thresholding: str,
+                 ratio: float = DYNAMIC_THRESHOLD_RATIO, max_value: float = THRESHOLD_MAX_VALUE):
+        super().__init__(model_fn, schedule, parameterization)
+        self.thresholding = resolve_thresholding(thresholding)
+        self.ratio = float(ratio)
+        self.max_value = float(max_value)
+
+    def threshold(self, x0: torch.Tensor) -> torch.Tensor:
+        """Apply this denoiser's thresholding to an x0 prediction."""
+        return threshold_x0(x0, self.thresholding, self.ratio, self.max_value)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eps, x0) at integer t with x0 thresholded and eps consistent with it (as DDIM's clip_denoised)."""
+        _, x0 = super().__call__(x, t, cond)
+        x0 = self.threshold(x0)
+        sqrt_abar, sqrt_1m = self.tables(x)
+        view = (-1,) + (1,) * (x.dim() - 1)
+        return eps_from_x0(x, x0, sqrt_abar[t].view(view), sqrt_1m[t].view(view)), x0
+
+    def denoise_sigma(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any = None,
+                      quantize: bool = False) -> torch.Tensor:
+        """Thresholded x0 from a VE-space input at noise level sigma."""
+        return self.threshold(super().denoise_sigma(x, sigma, cond, quantize))
+
+
 def make_denoiser(model_fn: ModelFn, schedule: Any, parameterization: str, uncond: Any, guidance_scale: float,
-                  guidance_rescale: float = 0.0) -> Denoiser:
-    """Classifier-free guidance (when scale != 1) around model_fn, then the eps/x0 conversion."""
-    return Denoiser(guided_model_fn(model_fn, uncond, guidance_scale, guidance_rescale), schedule, parameterization)
+                  guidance_rescale: float = 0.0, thresholding: str | None = None,
+                  threshold_ratio: float = DYNAMIC_THRESHOLD_RATIO,
+                  max_value: float = THRESHOLD_MAX_VALUE) -> Denoiser:
+    """Classifier-free guidance (when scale != 1) around model_fn, then the eps/x0 conversion, then x0 thresholding."""
+    guided = guided_model_fn(model_fn, uncond, guidance_scale, guidance_rescale)
+    if thresholding is None:
+        return Denoiser(guided, schedule, parameterization)
+    return ThresholdedDenoiser(guided, schedule, parameterization, thresholding, threshold_ratio, max_value)
 
 
 def blend_known(x: torch.Tensor, mask: torch.Tensor, x0: torch.Tensor, sqrt_abar: torch.Tensor,
