@@ -136,6 +136,8 @@ def run(opt: Namespace, built: dict[str, Any]) -> int:
     if not opt.train and not built["test"]:
         say("nothing to do: pass -t/--train to train (the config has no test data or the model no test_step)")
         return 0
+    # Lightning 2.6 on torch 2.14 warns about a torch-internal deprecation on every fit; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
     if built["resume"] is not None:  # the run's own checkpoints are expected there
         warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
     previous_env = hand_over(paths.logdir, built["now"])
