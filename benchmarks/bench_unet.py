@@ -1,0 +1,233 @@
+"""Stage-2 U-Net training-step benchmark: our UNetModel vs diffusers.UNet2DConditionModel with the same architecture.
+
+Both models get the same batch: 4-channel latents (default 32x32), random timesteps, a 77-token context and a random
+MSE target; a step is zero_grad + forward + MSE + backward (no optimizer update, so the network itself is measured).
+Timing runs both models in this process, warm-up first, then alternating rounds of `--steps` steps each (median
+reported) so that machine-load drift hits both. Variants: fp32, checkpoint (use_checkpoint=True vs diffusers'
+enable_gradient_checkpointing), channels_last, bf16 (autocast); combine with '+', e.g. channels_last+bf16.
+
+Peak memory is the growth above the memory held just before a step (parameters + inputs + warm caches): the
+gradients, activations and temporaries of one step. GPU: torch.cuda.max_memory_allocated after reset_peak_memory_stats.
+CPU: torch's CPU allocator keeps no peak counter and tracemalloc does not see its allocations, so each (model, variant)
+runs in a fresh subprocess that (1) fixes glibc's mmap threshold at 64 KiB (MALLOC_MMAP_THRESHOLD_) so that every
+tensor above 64 KiB is mapped on allocation and returned to the OS on free, i.e. RSS follows the live tensors instead
+of allocator slack, (2) runs one warm-up step (library pages, oneDNN caches), (3) resets the kernel's peak-RSS counter
+(VmHWM, via /proc/self/clear_refs) and reports VmHWM minus VmRSS over one more step. Both models are measured alike.
+
+    python benchmarks/bench_unet.py                                  # CPU defaults: model_channels 64, batch 2
+    python benchmarks/bench_unet.py --device cuda --model-channels 320 --batch 8   # the SD v1 U-Net
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# Stable Diffusion v1's U-Net (model_channels is scaled by --model-channels).
+SD_V1 = dict(in_channels=4, out_channels=4, channel_mult=(1, 2, 4, 4), attention_resolutions=(4, 2, 1),
+             num_res_blocks=2, num_heads=8, context_dim=768)
+VARIANT_FLAGS = ("checkpoint", "channels_last", "bf16")
+
+
+def unet_config(args) -> dict:
+    """Our UNetModel parameters for the benchmark (SD v1 layout at `--model-channels`)."""
+    return dict(SD_V1, image_size=args.size, model_channels=args.model_channels, context_dim=args.context_dim,
+                use_spatial_transformer=True, transformer_depth=1, legacy=False)
+
+
+def build_ours(args, checkpoint: bool) -> torch.nn.Module:
+    """Our ldm UNetModel."""
+    from ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    return UNetModel(**unet_config(args), use_checkpoint=checkpoint)
+
+
+def build_diffusers(args, checkpoint: bool) -> torch.nn.Module:
+    """diffusers.UNet2DConditionModel with the same channels, blocks, heads and cross-attention width."""
+    from diffusers import UNet2DConditionModel
+
+    cfg = unet_config(args)
+    attn = [2 ** level in cfg["attention_resolutions"] for level in range(len(cfg["channel_mult"]))]
+    model = UNet2DConditionModel(
+        sample_size=args.size, in_channels=cfg["in_channels"], out_channels=cfg["out_channels"],
+        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
+        block_out_channels=tuple(cfg["model_channels"] * m for m in cfg["channel_mult"]),
+        layers_per_block=cfg["num_res_blocks"], cross_attention_dim=cfg["context_dim"],
+        attention_head_dim=cfg["num_heads"],  # diffusers' legacy name: this is the number of heads for SD v1
+        norm_num_groups=32, norm_eps=1e-5, flip_sin_to_cos=True, freq_shift=0, act_fn="silu")
+    if checkpoint:
+        model.enable_gradient_checkpointing()
+    return model
+
+
+class Step:
+    """One training step of a model: zero_grad, forward (optionally bf16 autocast), MSE to a fixed target, backward."""
+
+    def __init__(self, which: str, args, device: torch.device, variant: str):
+        flags = set(variant.split("+")) - {"fp32"}
+        if flags - set(VARIANT_FLAGS):
+            raise SystemExit(f"unknown variant {variant!r}; use fp32 or a '+' combination of {VARIANT_FLAGS}")
+        torch.manual_seed(0)
+        build = build_ours if which == "ours" else build_diffusers
+        self.model = build(args, "checkpoint" in flags).to(device).train()
+        self.ours, self.bf16 = which == "ours", "bf16" in flags
+        gen = torch.Generator().manual_seed(1)
+        shape = (args.batch, 4, args.size, args.size)
+        self.x = torch.randn(shape, generator=gen).to(device)
+        self.target = torch.randn(shape, generator=gen).to(device)
+        self.t = torch.randint(0, 1000, (args.batch,), generator=gen).to(device)
+        self.context = torch.randn(args.batch, args.tokens, args.context_dim, generator=gen).to(device)
+        if "channels_last" in flags:
+            self.model.to(memory_format=torch.channels_last)
+            self.x = self.x.contiguous(memory_format=torch.channels_last)
+
+    def __call__(self) -> None:
+        self.model.zero_grad(set_to_none=True)
+        with torch.autocast(self.x.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            if self.ours:
+                out = self.model(self.x, self.t, context=self.context)
+            else:
+                out = self.model(self.x, self.t, encoder_hidden_states=self.context, return_dict=False)[0]
+        F.mse_loss(out.float(), self.target).backward()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(step: Step, n: int, device: torch.device) -> float:
+    """Mean seconds per step over `n` steps."""
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    sync(device)
+    return (time.perf_counter() - t0) / n
+
+
+def peak_memory_mb(which: str, args, device: torch.device, variant: str) -> float:
+    """Peak memory growth of one step in MB above parameters + inputs (see the module docstring)."""
+    if device.type == "cuda":
+        step = Step(which, args, device, variant)
+        step()  # first call: cuDNN/cuBLAS workspaces and lazy state are not part of the step
+        step.model.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+        del step
+        torch.cuda.empty_cache()
+        return peak
+    cmd = [sys.executable, os.path.abspath(__file__), "--_memory-probe", which, "--variant", variant,
+           "--batch", str(args.batch), "--size", str(args.size), "--model-channels", str(args.model_channels),
+           "--context-dim", str(args.context_dim), "--tokens", str(args.tokens)]
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(64 * 1024))
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_mb"]
+
+
+def _proc_status_mb(key: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"/proc/self/status has no {key}")
+
+
+def memory_probe(args) -> None:
+    """Subprocess entry: build one model, warm up, reset the peak-RSS counter, run a step, print the growth as JSON."""
+    step = Step(args._memory_probe, args, torch.device("cpu"), args.variant)
+    step()
+    step.model.zero_grad(set_to_none=True)
+    gc.collect()
+    ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS (Linux >= 4.0)
+    before = _proc_status_mb("VmRSS")
+    step()
+    print(json.dumps({"peak_mb": _proc_status_mb("VmHWM") - before}))
+
+
+def count_parameters(args) -> tuple[int, int]:
+    """Parameter counts of both models (built on the meta device: no memory, no init cost)."""
+    with torch.device("meta"):
+        return (sum(p.numel() for p in build_ours(args, False).parameters()),
+                sum(p.numel() for p in build_diffusers(args, False).parameters()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per model per round")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (median reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per model first")
+    parser.add_argument("--model-channels", type=int, default=64, help="320 = the Stable Diffusion v1 U-Net")
+    parser.add_argument("--size", type=int, default=32, help="latent height and width")
+    parser.add_argument("--context-dim", type=int, default=768)
+    parser.add_argument("--tokens", type=int, default=77)
+    parser.add_argument("--variants", default="fp32,checkpoint,channels_last,bf16")
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--variant", default="fp32", help=argparse.SUPPRESS)
+    parser.add_argument("--_memory-probe", dest="_memory_probe", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args._memory_probe:
+        memory_probe(args)
+        return
+    if args.rounds < 1 or args.steps < 1:
+        parser.error("--rounds and --steps must be at least 1")
+
+    device = torch.device(args.device)
+    print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} batch={args.batch} "
+          f"latents=4x{args.size}x{args.size} context={args.tokens}x{args.context_dim} "
+          f"model_channels={args.model_channels}")
+    n_ours, n_theirs = count_parameters(args)
+    print(f"parameters: ours {n_ours:,}  diffusers {n_theirs:,}  ({'identical' if n_ours == n_theirs else 'DIFFER'})")
+    if n_ours != n_theirs:
+        raise SystemExit("the two configurations are not the same architecture; fix build_diffusers")
+
+    rows = []
+    for variant in args.variants.split(","):
+        steps = {w: Step(w, args, device, variant) for w in ("ours", "diffusers")}
+        for _ in range(args.warmup):
+            for step in steps.values():
+                step()
+        times = {w: [] for w in steps}
+        for _ in range(args.rounds):
+            for w, step in steps.items():
+                times[w].append(time_steps(step, args.steps, device))
+        del steps
+        sps = {w: 1.0 / statistics.median(t) for w, t in times.items()}
+        mem = ({w: float("nan") for w in times} if args.no_memory
+               else {w: peak_memory_mb(w, args, device, variant) for w in times})
+        rows.append((variant, sps, mem))
+        print(f"  {variant}: ours {sps['ours']:.3f} steps/s, diffusers {sps['diffusers']:.3f} steps/s", flush=True)
+
+    print(f"\n{'variant':<22}{'ours steps/s':>13}{'diffusers steps/s':>19}{'speed ratio':>13}"
+          f"{'ours MB':>10}{'diffusers MB':>14}{'mem ratio':>11}")
+    for variant, sps, mem in rows:
+        print(f"{variant:<22}{sps['ours']:>13.3f}{sps['diffusers']:>19.3f}{sps['ours'] / sps['diffusers']:>13.3f}"
+              f"{mem['ours']:>10.0f}{mem['diffusers']:>14.0f}{mem['ours'] / mem['diffusers']:>11.3f}")
+    print("\nspeed ratio = ours / diffusers steps/s (> 1 means ours is faster); mem ratio = ours / diffusers peak "
+          "step memory (< 1 means ours uses less)")
+
+
+if __name__ == "__main__":
+    main()

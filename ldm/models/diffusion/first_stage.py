@@ -1,0 +1,71 @@
+"""The frozen first stage of latent diffusion: building it (with a clear error for a missing stage-1 checkpoint),
+freezing it, latents from its encoder output, and the 1/std latent scale of `scale_by_std`."""
+
+from __future__ import annotations
+
+import os
+import types
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
+from ldm.util import ConfigError, instantiate_from_config
+
+# Where the stage-1 checkpoint is set from the command line (main.py dotlist).
+FIRST_STAGE_CKPT_KEY = "model.params.first_stage_config.params.ckpt_path"
+
+
+def disabled_train(self: nn.Module, mode: bool = True) -> nn.Module:
+    """Replacement for `train()` on frozen parts: the module stays in eval mode (CompVis `disabled_train`)."""
+    return self
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Eval mode for good (train() becomes a no-op) and no gradients; returns the module."""
+    module.eval()
+    module.train = types.MethodType(disabled_train, module)
+    for param in module.parameters():
+        param.requires_grad = False
+    return module
+
+
+def check_first_stage_checkpoint(config: Any, key: str = FIRST_STAGE_CKPT_KEY) -> None:
+    """Raise a ConfigError naming `key` and the path when the config's `params.ckpt_path` is set but missing."""
+    params = config.get("params") if isinstance(config, Mapping) or hasattr(config, "get") else None
+    path = params.get("ckpt_path") if params is not None else None
+    if path and not os.path.isfile(str(path)):
+        raise ConfigError(
+            f"{key}: the first-stage (autoencoder) checkpoint {path} does not exist. Train stage 1 first (e.g. "
+            f"python main.py --base configs/autoencoder_kl_f8.yaml -t) and pass its checkpoint: "
+            f"{key}=logs/<run>/checkpoints/last.ckpt")
+
+
+def instantiate_first_stage(config: Any) -> nn.Module:
+    """Build the first stage from `{target, params}` (stage-1 checkpoint loaded by its own ckpt_path) and freeze it."""
+    if isinstance(config, str):
+        raise ConfigError(f"model.params.first_stage_config: expected {{target, params}}, got {config!r} (use "
+                          "ldm.models.autoencoder.IdentityFirstStage for pixel-space diffusion)")
+    check_first_stage_checkpoint(config)
+    return freeze(instantiate_from_config(config, key_path="model.params.first_stage_config"))
+
+
+def latent_from_posterior(encoder_output: Any, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Unscaled latent from the first stage's `encode` output: a sample of a Gaussian posterior, or the tensor."""
+    if isinstance(encoder_output, DiagonalGaussianDistribution):
+        return encoder_output.sample(generator)
+    if isinstance(encoder_output, torch.Tensor):
+        return encoder_output
+    raise TypeError(f"encoder output of type {type(encoder_output).__name__} is not supported: expected a "
+                    "DiagonalGaussianDistribution or a tensor")
+
+
+def latent_std(z: torch.Tensor, strategy: Any = None) -> torch.Tensor:
+    """Standard deviation of all latent entries in float32 (averaged over processes when a strategy is given)."""
+    std = z.detach().float().flatten().std()
+    if strategy is not None and getattr(strategy, "world_size", 1) > 1:
+        # Every rank saw a different batch: agree on one value so all replicas keep the same scale_factor.
+        std = strategy.reduce(std, reduce_op="mean")
+    return std

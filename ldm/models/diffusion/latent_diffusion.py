@@ -1,0 +1,249 @@
+"""`LatentDiffusion` (Rombach et al. 2022): DDPM on the latents of a frozen first stage, with a conditioning stage.
+
+The CompVis constructor, methods and state_dict names are kept (`first_stage_model.*`, `cond_stage_model.*`,
+`model.diffusion_model.*`, `model_ema.*`, `scale_factor`, schedule buffers). Pieces live in sibling modules:
+first-stage handling in `first_stage.py`, the conditioner and guidance dropout in `conditioning.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ldm.models.diffusion.base import DDPM
+from ldm.models.diffusion.conditioning import (ConditioningDropout, dropout_rates, encode_conditioning,
+                                               instantiate_cond_stage, raw_conditioning)
+from ldm.models.diffusion.first_stage import instantiate_first_stage, latent_from_posterior, latent_std
+from ldm.util import ConfigError, batches_seen
+
+log = logging.getLogger(__name__)
+
+
+class LatentDiffusion(DDPM):
+    """Latent diffusion with the original arguments; everything else is forwarded to `DDPM`.
+
+    `conditioning_key` None means 'concat' when `concat_mode` else 'crossattn', and None for an unconditional
+    model (`cond_stage_config: __is_unconditional__`), as the original. `ucg_rate` (new) overrides the
+    conditioner's own `ucg_rate` for classifier-free-guidance dropout of the raw conditioning in training.
+    `scale_factor` is always a buffer (saved in checkpoints). With `scale_by_std` it is set to 1/std of the first
+    training batch's latents unless the model was restored from a checkpoint.
+    """
+
+    def __init__(self, first_stage_config: Any, cond_stage_config: Any, num_timesteps_cond: int | None = None,
+                 cond_stage_key: str = "image", cond_stage_trainable: bool = False, concat_mode: bool = True,
+                 cond_stage_forward: str | None = None, conditioning_key: str | None = None,
+                 scale_factor: float = 1.0, scale_by_std: bool = False, ucg_rate: float | None = None,
+                 *args: Any, **kwargs: Any):
+        self.num_timesteps_cond = 1 if num_timesteps_cond is None else int(num_timesteps_cond)
+        timesteps = int(kwargs.get("timesteps", 1000))
+        if not 1 <= self.num_timesteps_cond <= timesteps:
+            raise ConfigError(f"model.params.num_timesteps_cond must lie in [1, timesteps={timesteps}], "
+                              f"got {num_timesteps_cond}")
+        if scale_by_std and float(scale_factor) != 1.0:
+            raise ConfigError(f"model.params.scale_factor is {scale_factor} but scale_by_std is true, which sets "
+                              "scale_factor from the data; use one of them (scale_factor: 1.0 with scale_by_std)")
+        if conditioning_key is None:
+            conditioning_key = "concat" if concat_mode else "crossattn"
+        if cond_stage_config == "__is_unconditional__":
+            conditioning_key = None
+        ckpt_path = kwargs.pop("ckpt_path", None)
+        ignore_keys = kwargs.pop("ignore_keys", ())
+        reset_ema = kwargs.pop("reset_ema", False)
+        reset_num_ema_updates = kwargs.pop("reset_num_ema_updates", False)
+        if reset_ema and not ckpt_path:
+            raise ConfigError("model.params.reset_ema: true needs model.params.ckpt_path")
+        super().__init__(*args, conditioning_key=conditioning_key, **kwargs)
+        self.concat_mode = concat_mode
+        self.cond_stage_trainable = cond_stage_trainable
+        self.cond_stage_key = cond_stage_key
+        try:
+            self.num_downs = len(first_stage_config["params"]["ddconfig"]["ch_mult"]) - 1
+        except (KeyError, TypeError):
+            self.num_downs = 0
+        self.scale_by_std = scale_by_std
+        self.register_buffer("scale_factor", torch.tensor(float(scale_factor)))
+        self.first_stage_model = instantiate_first_stage(first_stage_config)
+        self.cond_stage_model = instantiate_cond_stage(cond_stage_config, cond_stage_trainable,
+                                                       self.first_stage_model)
+        self.cond_stage_forward = cond_stage_forward
+        self.clip_denoised = False
+        self.ucg_rate = ucg_rate
+        self.cfg_dropout = ConditioningDropout(dropout_rates(self.cond_stage_model, cond_stage_key, ucg_rate,
+                                                             self.ucg_training))
+        self.restarted_from_ckpt = False
+        if ckpt_path:
+            self.init_from_ckpt(ckpt_path, ignore_keys)
+        self._finish_ema_options(reset_ema, reset_num_ema_updates)
+
+    # ---------------------------------------------------------------------------------------------- schedule
+    def register_schedule(self, *args: Any, **kwargs: Any) -> None:
+        """The DDPM schedule, plus `cond_ids` when the conditioning is noised too (num_timesteps_cond > 1)."""
+        super().register_schedule(*args, **kwargs)
+        self.shorten_cond_schedule = self.num_timesteps_cond > 1
+        if self.shorten_cond_schedule:
+            self.make_cond_schedule()
+
+    def make_cond_schedule(self) -> None:
+        """cond_ids[t]: the noise level of the conditioning at t (original `make_cond_schedule`)."""
+        ids = torch.full((self.num_timesteps,), self.num_timesteps - 1, dtype=torch.long)
+        spread = torch.linspace(0, self.num_timesteps - 1, self.num_timesteps_cond)
+        ids[: self.num_timesteps_cond] = spread.round().long()
+        self.register_buffer("cond_ids", ids, persistent=False)
+
+    # ----------------------------------------------------------------------------------------- first stage
+    def instantiate_first_stage(self, config: Any) -> None:
+        """(Re)build the frozen first stage (original method)."""
+        self.first_stage_model = instantiate_first_stage(config)
+
+    @torch.no_grad()
+    def encode_first_stage(self, x: torch.Tensor) -> Any:
+        """The first stage's encoder output for images x (a posterior or a tensor)."""
+        return self.first_stage_model.encode(x)
+
+    def get_first_stage_encoding(self, encoder_posterior: Any) -> torch.Tensor:
+        """scale_factor * z, z a posterior sample (KL) or the encoder's tensor (VQ pre-quantization / identity)."""
+        return self.scale_factor * latent_from_posterior(encoder_posterior)
+
+    def _decode(self, z: torch.Tensor, force_not_quantize: bool = False) -> torch.Tensor:
+        z = z / self.scale_factor
+        if force_not_quantize and hasattr(self.first_stage_model, "quantize"):
+            return self.first_stage_model.decode(z, force_not_quantize=True)
+        return self.first_stage_model.decode(z)
+
+    @torch.no_grad()
+    def decode_first_stage(self, z: torch.Tensor, predict_cids: bool = False,
+                           force_not_quantize: bool = False) -> torch.Tensor:
+        """Images from scaled latents: decode(z / scale_factor)."""
+        if predict_cids:
+            raise NotImplementedError("decode_first_stage(predict_cids=True) (codebook-id prediction) is not supported")
+        return self._decode(z, force_not_quantize)
+
+    def differentiable_decode_first_stage(self, z: torch.Tensor, predict_cids: bool = False,
+                                          force_not_quantize: bool = False) -> torch.Tensor:
+        """`decode_first_stage` with gradients."""
+        if predict_cids:
+            raise NotImplementedError("predict_cids=True is not supported")
+        return self._decode(z, force_not_quantize)
+
+    def decode_to_image(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents -> images through the first stage."""
+        return self.decode_first_stage(z)
+
+    @torch.no_grad()
+    def on_train_batch_start(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        """scale_by_std: before the very first training step (not after a restore), scale_factor = 1/std(z).
+
+        The value is computed on the device and written into the buffer in place (averaged over DDP ranks). Its
+        one host read happens here, once per run, to log it.
+        """
+        if not self.scale_by_std or self.restarted_from_ckpt or batches_seen(self.trainer) != 0:
+            return
+        x = self.get_input_image(batch).to(self.device)
+        z = latent_from_posterior(self.encode_first_stage(x))
+        self.scale_factor.copy_(1.0 / latent_std(z, self.trainer.strategy))
+        log.info("scale_by_std: scale_factor set to 1/std of the first batch's latents = %.6g",
+                 float(self.scale_factor))  # the one host read of this feature
+        self.restarted_from_ckpt = True  # never again in this run (e.g. a second fit on the same module)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resuming: no first-batch scale_by_std; a checkpoint without `scale_factor` keeps the configured value."""
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("state_dict")
+        if isinstance(state, dict) and "scale_factor" not in state:
+            state["scale_factor"] = self.scale_factor.detach().clone()
+
+    # ------------------------------------------------------------------------------------------ conditioning
+    def get_learned_conditioning(self, c: Any) -> Any:
+        """Encode raw conditioning with the conditioner (original method)."""
+        return encode_conditioning(self.cond_stage_model, c, self.cond_stage_forward)
+
+    def unconditional_conditioning(self, n: int) -> Any:
+        """Encoded null input of the conditioner for n samples (empty captions, null class)."""
+        if self.cond_stage_model is None:
+            return None
+        return self.get_learned_conditioning(self.cond_stage_model.null_input(n))
+
+    def get_unconditional_conditioning(self, batch_size: int, null_label: Any = None) -> Any:
+        """SD-style name for `unconditional_conditioning` (an explicit `null_label` is encoded instead)."""
+        if null_label is not None:
+            return self.get_learned_conditioning(null_label)
+        return self.unconditional_conditioning(batch_size)
+
+    def get_input_image(self, batch: Mapping[str, Any], bs: int | None = None) -> torch.Tensor:
+        """The first-stage input images B,C,H,W (the DDPM `get_input` of `first_stage_key`)."""
+        x = super().get_input(batch, self.first_stage_key)
+        return x[:bs] if bs is not None else x
+
+    @torch.no_grad()
+    def get_input(self, batch: Mapping[str, Any], k: str, return_first_stage_outputs: bool = False,
+                  force_c_encode: bool = False, cond_key: str | None = None, return_original_cond: bool = False,
+                  bs: int | None = None) -> list:
+        """[z, c] (+ [x, xrec] with return_first_stage_outputs, + [xc] with return_original_cond), the original's
+        return list: z the scaled latent of batch[k], c the conditioning (raw when the conditioner trains and
+        `force_c_encode` is False, since it is then encoded with gradients in `forward`)."""
+        x = super().get_input(batch, k)
+        if bs is not None:
+            x = x[:bs]
+        x = x.to(self.device)
+        # float32 diffusion state even when the first stage ran under autocast (targets keep full precision)
+        z = self.get_first_stage_encoding(self.encode_first_stage(x)).detach().float()
+        c = xc = None
+        if self.model.conditioning_key is not None:
+            xc = raw_conditioning(batch, cond_key or self.cond_stage_key, self.first_stage_key, x, self.device, bs)
+            c = self.get_learned_conditioning(xc) if (not self.cond_stage_trainable or force_c_encode) else xc
+        out = [z, c]
+        if return_first_stage_outputs:
+            out.extend([x, self.decode_first_stage(z)])
+        if return_original_cond:
+            out.append(xc)
+        return out
+
+    def prepare_conditioning(self, c: Any, t: torch.Tensor) -> Any:
+        """Encode a trainable conditioner's raw input (with gradients) and noise c when num_timesteps_cond > 1."""
+        if self.model.conditioning_key is None:
+            return None
+        if c is None:
+            raise ValueError(f"conditioning_key {self.model.conditioning_key!r} needs conditioning, got None")
+        if self.cond_stage_trainable:
+            c = self.get_learned_conditioning(c)
+        if self.shorten_cond_schedule:
+            c = self.q_sample(c, self.cond_ids[t], torch.randn_like(c))
+        return c
+
+    # ---------------------------------------------------------------------------------------------- training
+    def forward(self, x: torch.Tensor, c: Any, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, dict]:
+        """Training loss at uniformly drawn t; raw conditioning is encoded here when the conditioner trains."""
+        t = self._random_timesteps(x.shape[0])
+        return self.p_losses(x, self.prepare_conditioning(c, t), t, *args, **kwargs)
+
+    def p_losses(self, x_start: torch.Tensor, cond: Any, t: torch.Tensor,
+                 noise: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """(loss, log dict) at timesteps t with encoded conditioning (original signature)."""
+        return self._score(x_start, cond, t, noise)
+
+    def loss_inputs(self, batch: Mapping[str, Any]) -> tuple:
+        """(z, c) of a batch, c raw when the conditioner trains."""
+        return tuple(self.get_input(batch, self.first_stage_key))
+
+    def loss_at(self, inputs: tuple, t: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """Loss of (z, c) at given t and noise (c encoded here when the conditioner trains)."""
+        z, c = inputs
+        return self.p_losses(z, self.prepare_conditioning(c, t), t, noise)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The wrapper (+ logvar) and, when `cond_stage_trainable`, the conditioner's trainable parameters."""
+        params = super().trainable_parameters()
+        if self.cond_stage_trainable and self.cond_stage_model is not None:
+            params += [p for p in self.cond_stage_model.parameters() if p.requires_grad]
+        return params
+
+    # ---------------------------------------------------------------------------------------------- logging
+    def log_inputs(self, batch: Mapping[str, Any], n: int) -> dict[str, Any]:
+        """Latents, encoded conditioning, inputs, reconstructions and the raw conditioning of n samples."""
+        z, c, x, xrec, xc = self.get_input(batch, self.first_stage_key, return_first_stage_outputs=True,
+                                           force_c_encode=True, return_original_cond=True, bs=n)
+        return {"z": z, "c": c, "x": x, "xrec": xrec, "xc": xc}

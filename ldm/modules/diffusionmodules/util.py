@@ -1,0 +1,166 @@
+"""Building blocks of the denoising U-Net: timestep embedding, float32 GroupNorm, N-d layer factories, checkpointing.
+
+The diffusion maths (beta schedules, `extract_into_tensor`, ...) lives in `ldm.diffusion.schedule`. For CompVis code
+that imported those names from here, they are forwarded lazily by the module-level `__getattr__` at the bottom, so
+importing this module never imports `ldm.diffusion` (networks sit below the diffusion maths in the layer order).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from torch import nn
+
+GROUPNORM_GROUPS = 32  # the original `normalization()` always uses 32 groups
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0,
+                       repeat_only: bool = False) -> torch.Tensor:
+    """Sinusoidal embedding (B, dim) float32 of (possibly fractional) timesteps, ordered [cos, sin] as the original.
+
+    freqs_i = max_period^(-i / half) for i < half = dim // 2; an odd `dim` gets a trailing zero column.
+    `repeat_only` returns the raw timesteps repeated `dim` times instead.
+    """
+    if timesteps.dim() != 1:
+        raise ValueError(f"timestep_embedding expects a 1-D tensor of timesteps (B,), "
+                         f"got shape {tuple(timesteps.shape)}")
+    if repeat_only:
+        return timesteps[:, None].float().expand(-1, dim).contiguous()
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half)
+    args = timesteps[:, None].float() * freqs[None]
+    embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        embedding = torch.cat([embedding, torch.zeros_like(embedding[:, :1])], dim=-1)
+    return embedding
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero all parameters of `module` in place and return it (residual branches start as the identity)."""
+    for p in module.parameters():
+        nn.init.zeros_(p.detach())
+    return module
+
+
+def scale_module(module: nn.Module, scale: float) -> nn.Module:
+    """Multiply all parameters of `module` by `scale` in place and return it (original helper)."""
+    for p in module.parameters():
+        p.detach().mul_(scale)
+    return module
+
+
+def mean_flat(tensor: torch.Tensor) -> torch.Tensor:
+    """Mean over all non-batch dimensions (original helper)."""
+    return tensor.mean(dim=list(range(1, tensor.dim())))
+
+
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """channels_last when a 4-D `x` is stored that way (and is not also plain contiguous), else contiguous_format."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+class _Float32GroupNorm(torch.autograd.Function):
+    """GroupNorm computed in float32 on a half/bfloat16 input that saves the low-precision input for backward.
+
+    Upcasting bf16/fp16 to float32 is exact, so re-casting the saved input in backward gives bit-identical gradients
+    while keeping half the activation memory of saving the float32 copy (which plain `F.group_norm(x.float())` does).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, num_groups: int, eps: float):
+        xf = x.float().contiguous(memory_format=memory_format_of(x))
+        n, c = x.shape[:2]
+        hw = xf.numel() // max(n * c, 1)
+        out, mean, rstd = torch.ops.aten.native_group_norm(xf, weight.float(), bias.float(), n, c, hw, num_groups, eps)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.shape_args = (n, c, hw, num_groups)
+        ctx.bias_dtype = bias.dtype
+        return out.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, mean, rstd = ctx.saved_tensors
+        fmt = memory_format_of(x)
+        mask = list(ctx.needs_input_grad[:3])
+        gx, gw, gb = torch.ops.aten.native_group_norm_backward(
+            grad_out.float().contiguous(memory_format=fmt), x.float().contiguous(memory_format=fmt), mean, rstd,
+            weight.float(), *ctx.shape_args, mask)
+        return (gx.to(x.dtype) if mask[0] else None, gw.to(weight.dtype) if mask[1] else None,
+                gb.to(ctx.bias_dtype) if mask[2] else None, None, None)
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm computed in float32 and cast back to the input dtype, as the original (safe under fp16/bf16)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype in (torch.float16, torch.bfloat16) and torch.is_grad_enabled() and self.affine:
+            # Same numbers as below; only the tensor kept for backward differs (the input, not its float32 copy).
+            return _Float32GroupNorm.apply(x, self.weight, self.bias, self.num_groups, self.eps)
+        # Statistics of half-precision activations overflow/lose precision; the parameters may be half too (use_fp16).
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
+
+
+def normalization(channels: int, eps: float = 1e-5) -> GroupNorm32:
+    """The UNet's normalisation layer: float32 GroupNorm with 32 groups (original `normalization`)."""
+    if channels % GROUPNORM_GROUPS:
+        raise ValueError(f"GroupNorm with {GROUPNORM_GROUPS} groups needs channels divisible by {GROUPNORM_GROUPS}, "
+                         f"got {channels} (choose model_channels/channel_mult accordingly)")
+    return GroupNorm32(GROUPNORM_GROUPS, channels, eps=eps)
+
+
+SiLU = nn.SiLU  # the original defined its own SiLU class for old torch versions
+
+
+def _nd(dims: int, table: dict[int, type], what: str) -> type:
+    if dims not in table:
+        raise ValueError(f"unsupported dimensions for {what}: dims={dims} (expected 1, 2 or 3)")
+    return table[dims]
+
+
+def conv_nd(dims: int, *args: Any, **kwargs: Any) -> nn.Module:
+    """A 1-D, 2-D or 3-D convolution."""
+    return _nd(dims, {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}, "conv_nd")(*args, **kwargs)
+
+
+def linear(*args: Any, **kwargs: Any) -> nn.Linear:
+    """A linear layer (factory kept for the original's call sites)."""
+    return nn.Linear(*args, **kwargs)
+
+
+def avg_pool_nd(dims: int, *args: Any, **kwargs: Any) -> nn.Module:
+    """A 1-D, 2-D or 3-D average pooling."""
+    return _nd(dims, {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}, "avg_pool_nd")(*args, **kwargs)
+
+
+def checkpoint(func: Callable[..., Any], inputs: Sequence[Any], params: Iterable[nn.Parameter] | None,
+               flag: bool) -> Any:
+    """Run `func(*inputs)`, recomputing its activations in backward when `flag` (activation checkpointing).
+
+    Same call signature as the original; implemented with non-reentrant `torch.utils.checkpoint`, which tracks the
+    parameters `func` closes over by itself, so `params` is accepted and ignored.
+    """
+    if flag and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(func, *inputs, use_reentrant=False)
+    return func(*inputs)
+
+
+# CompVis kept the diffusion maths in this module; forward those names to their home without an import-time dependency.
+_DIFFUSION_NAMES = {"make_beta_schedule": "ldm.diffusion.schedule", "extract_into_tensor": "ldm.diffusion.schedule"}
+
+
+def __getattr__(name: str) -> Any:
+    """Lazily re-export the CompVis names that now live in `ldm.diffusion` (e.g. `make_beta_schedule`)."""
+    if name in _DIFFUSION_NAMES:
+        import importlib
+
+        return getattr(importlib.import_module(_DIFFUSION_NAMES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

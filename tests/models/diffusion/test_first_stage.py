@@ -1,0 +1,46 @@
+"""The frozen first stage: freezing, the missing stage-1 checkpoint error, latents and their std."""
+import pytest
+import torch
+from torch import nn
+
+from ldm.models.diffusion.first_stage import (FIRST_STAGE_CKPT_KEY, check_first_stage_checkpoint, freeze,
+                                              instantiate_first_stage, latent_from_posterior, latent_std)
+from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
+from ldm.util import ConfigError
+
+import diffusion_configs as dc
+
+
+def test_freeze_keeps_eval_and_no_grad():
+    m = freeze(nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5)))
+    m.train()
+    assert not m.training and not m[1].training
+    assert not any(p.requires_grad for p in m.parameters())
+
+
+def test_missing_stage1_checkpoint_names_key_and_path(tmp_path):
+    missing = tmp_path / "nope" / "last.ckpt"
+    with pytest.raises(ConfigError) as err:
+        instantiate_first_stage(dc.kl_first_stage(ckpt_path=missing))
+    assert FIRST_STAGE_CKPT_KEY in str(err.value) and str(missing) in str(err.value)
+    check_first_stage_checkpoint({"params": {}})  # no ckpt_path: nothing to check
+
+
+def test_stage1_checkpoint_is_loaded_and_frozen(tmp_path):
+    src = instantiate_first_stage(dc.kl_first_stage())
+    path = tmp_path / "ae.ckpt"
+    torch.save({"state_dict": src.state_dict()}, path)
+    ae = instantiate_first_stage(dc.kl_first_stage(ckpt_path=path))
+    assert torch.equal(ae.encoder.conv_in.weight, src.encoder.conv_in.weight)
+    assert not ae.training and not any(p.requires_grad for p in ae.parameters())
+
+
+def test_latents_and_std():
+    mean = torch.randn(2, 4, 3, 3)
+    post = DiagonalGaussianDistribution(torch.cat([mean, torch.full_like(mean, -30.0)], 1))
+    assert torch.allclose(latent_from_posterior(post), mean, atol=1e-5)
+    assert latent_from_posterior(mean) is mean
+    with pytest.raises(TypeError):
+        latent_from_posterior([mean])
+    z = 3 * torch.randn(1000)
+    assert torch.isclose(latent_std(z), z.std())
