@@ -89,3 +89,9 @@ def test_constructor_errors_keep_their_type_and_get_a_note():
     with pytest.raises(Boom) as err:
         instantiate_from_config({"target": "boom_mod.explode"}, key_path="model.params.x")
     assert any("model.params.x" in n for n in getattr(err.value, "__notes__", []))
+
+
+def test_class_that_swallows_kwargs_accepts_any_key():
+    obj = instantiate_from_config({"target": "ldm.models.autoencoder.IdentityFirstStage",
+                                   "params": {"embed_dim": 4, "ddconfig": {}, "vq_interface": True}})
+    assert obj.vq_interface is True
