@@ -14,12 +14,19 @@ DEFAULT_VALIDATION_FRACTION = 0.05
 SAMPLE_PHOTOS_LENGTH = {"train": 2000, "validation": 64}
 
 
+# Embedded sources used when no root is given.
+SOURCES = ("photos", "shapes")
+
+
 def image_dataset(root: str | None = None, size: int = 256, split: str = "train",
                   validation_fraction: float = DEFAULT_VALIDATION_FRACTION, random_crop: bool | None = None,
-                  flip: bool | None = None, length: int | None = None, **folder_kwargs) -> Dataset:
+                  flip: bool | None = None, length: int | None = None, source: str = "photos",
+                  **folder_kwargs) -> Dataset:
     """Images for autoencoder training as {"image": HWC float32 in [-1, 1]}.
 
-    root=None: random multi-scale crops of the photos shipped in scikit-image / scikit-learn / matplotlib (no download).
+    root=None, source="photos": random multi-scale crops of the photos shipped in scikit-image / scikit-learn /
+    matplotlib (no download). root=None, source="shapes": the procedural shapes images (`ldm.data.shapes`), so a
+    first stage can be trained on the data the text-to-image demo uses.
     root=<folder>: `ImageFolder` with random crops and flips for training, center crops for validation; when
     `validation_fraction` > 0 the folder is split deterministically so train and validation do not overlap (set it to
     0 when validation has a folder of its own).
@@ -27,6 +34,12 @@ def image_dataset(root: str | None = None, size: int = 256, split: str = "train"
     if split not in ("train", "validation"):
         raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
     training = split == "train"
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    if root is None and source == "shapes":
+        from ldm.data.shapes import ShapesDataset
+
+        return ShapesDataset(size=size, split=split, **({"length": length} if length else {}))
     if root is None:
         from ldm.data.sample_photos import SamplePhotos
 

@@ -35,3 +35,10 @@ def test_bad_arguments_are_clear(tmp_path):
         image_dataset(root=None, caption_key="text")
     with pytest.raises(FileNotFoundError, match="not found"):
         image_dataset(root=str(tmp_path / "missing"))
+
+
+def test_shapes_source_for_stage_one():
+    ds = image_dataset(root=None, size=32, split="train", source="shapes", length=10)
+    assert len(ds) == 10 and ds[0]["image"].shape == (32, 32, 3)
+    with pytest.raises(ValueError, match="source"):
+        image_dataset(source="faces")
