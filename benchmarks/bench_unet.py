@@ -2,8 +2,9 @@
 
 Both models get the same batch: 4-channel latents (default 32x32), random timesteps, a 77-token context and a random
 MSE target; a step is zero_grad + forward + MSE + backward (no optimizer update, so the network itself is measured).
-Timing runs both models in this process, warm-up first, then alternating rounds of `--steps` steps each (median
-reported) so that machine-load drift hits both. Variants: fp32, checkpoint (use_checkpoint=True vs diffusers'
+Timing runs both models in this process, warm-up first, then alternating rounds of `--steps` steps each: steps/s is
+the median over rounds, and the speed ratio is the median of the per-round ratios (each round pairs the two models
+back to back, so load from other processes hits both alike). Variants: fp32, checkpoint (use_checkpoint=True vs diffusers'
 enable_gradient_checkpointing), channels_last, bf16 (autocast); combine with '+', e.g. channels_last+bf16.
 
 Peak memory is the growth above the memory held just before a step (parameters + inputs + warm caches): the
@@ -138,6 +139,8 @@ def peak_memory_mb(which: str, args, device: torch.device, variant: str) -> floa
     cmd = [sys.executable, os.path.abspath(__file__), "--_memory-probe", which, "--variant", variant,
            "--batch", str(args.batch), "--size", str(args.size), "--model-channels", str(args.model_channels),
            "--context-dim", str(args.context_dim), "--tokens", str(args.tokens)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(64 * 1024))
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_mb"]
@@ -153,6 +156,8 @@ def _proc_status_mb(key: str) -> float:
 
 def memory_probe(args) -> None:
     """Subprocess entry: build one model, warm up, reset the peak-RSS counter, run a step, print the growth as JSON."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
     step = Step(args._memory_probe, args, torch.device("cpu"), args.variant)
     step()
     step.model.zero_grad(set_to_none=True)
@@ -176,8 +181,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=2, help="timed steps per model per round")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (median reported)")
+    parser.add_argument("--steps", type=int, default=1, help="timed steps per model per round")
+    parser.add_argument("--rounds", type=int, default=6, help="alternating rounds (median reported)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per model first")
     parser.add_argument("--model-channels", type=int, default=64, help="320 = the Stable Diffusion v1 U-Net")
     parser.add_argument("--size", type=int, default=32, help="latent height and width")
@@ -194,6 +200,8 @@ def main() -> None:
     if args.rounds < 1 or args.steps < 1:
         parser.error("--rounds and --steps must be at least 1")
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} batch={args.batch} "
           f"latents=4x{args.size}x{args.size} context={args.tokens}x{args.context_dim} "
@@ -215,18 +223,21 @@ def main() -> None:
                 times[w].append(time_steps(step, args.steps, device))
         del steps
         sps = {w: 1.0 / statistics.median(t) for w, t in times.items()}
+        sps["ratio"] = statistics.median(d / o for o, d in zip(times["ours"], times["diffusers"]))
         mem = ({w: float("nan") for w in times} if args.no_memory
                else {w: peak_memory_mb(w, args, device, variant) for w in times})
         rows.append((variant, sps, mem))
-        print(f"  {variant}: ours {sps['ours']:.3f} steps/s, diffusers {sps['diffusers']:.3f} steps/s", flush=True)
+        rounds = " ".join(f"{d / o:.2f}" for o, d in zip(times["ours"], times["diffusers"]))
+        print(f"  {variant}: ours {sps['ours']:.3f} steps/s, diffusers {sps['diffusers']:.3f} steps/s, "
+              f"per-round ratios {rounds}", flush=True)
 
     print(f"\n{'variant':<22}{'ours steps/s':>13}{'diffusers steps/s':>19}{'speed ratio':>13}"
           f"{'ours MB':>10}{'diffusers MB':>14}{'mem ratio':>11}")
     for variant, sps, mem in rows:
-        print(f"{variant:<22}{sps['ours']:>13.3f}{sps['diffusers']:>19.3f}{sps['ours'] / sps['diffusers']:>13.3f}"
+        print(f"{variant:<22}{sps['ours']:>13.3f}{sps['diffusers']:>19.3f}{sps['ratio']:>13.3f}"
               f"{mem['ours']:>10.0f}{mem['diffusers']:>14.0f}{mem['ours'] / mem['diffusers']:>11.3f}")
-    print("\nspeed ratio = ours / diffusers steps/s (> 1 means ours is faster); mem ratio = ours / diffusers peak "
-          "step memory (< 1 means ours uses less)")
+    print("\nspeed ratio = median over rounds of ours / diffusers steps/s (> 1 means ours is faster); "
+          "mem ratio = ours / diffusers peak step memory (< 1 means ours uses less)")
 
 
 if __name__ == "__main__":

@@ -203,3 +203,55 @@ def test_ddp_two_processes_on_cpu_only_rank0_writes(tmp_path):
     assert _global_step(run) == 3
     assert len([d for d in os.listdir(os.path.join(run, "wandb")) if d.startswith("offline-run-")]) == 1
     assert proc.stdout.count("Setting learning rate") == 1  # printed by rank 0 only
+
+
+# ------------------------------------------------------------------------------------------------ stage 2
+LDM_TINY = ["model.params.unet_config.params.model_channels=32", "model.context_dim=32", "model.text_layers=1",
+            "data.params.batch_size=2", "data.params.num_workers=0", "lightning.trainer.limit_val_batches=1",
+            "lightning.trainer.enable_progress_bar=false", "lightning.trainer.enable_model_summary=false",
+            "lightning.callbacks.image_logger.params.log_images_kwargs.ddim_steps=2"]
+
+
+def _cpu_stage1_checkpoint(path):
+    """A checkpoint of the CPU-sized KL-f8 autoencoder (configs/overlays/cpu.yaml), as stage 1 would write it."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from ldm.util import instantiate_from_config, load_configs
+
+    cfg = load_configs([os.path.join(ROOT, "configs", "autoencoder_kl_f8.yaml"),
+                        os.path.join(ROOT, "configs", "overlays", "cpu.yaml")])
+    params = OmegaConf.to_container(cfg.model.params, resolve=True)
+    ae = instantiate_from_config({"target": "ldm.models.autoencoder.AutoencoderKL",
+                                  "params": {"embed_dim": params["embed_dim"], "ddconfig": params["ddconfig"],
+                                             "lossconfig": {"target": "torch.nn.Identity"}}})
+    torch.save({"state_dict": ae.state_dict()}, path)
+
+
+def test_latent_diffusion_trains_from_a_stage1_checkpoint_and_resumes(tmp_path, capsys):
+    """configs/ldm_txt2img.yaml + the CPU overlay through main.py: scale_by_std, EMA, images, then -r continues."""
+    ae = tmp_path / "ae.ckpt"
+    _cpu_stage1_checkpoint(ae)
+    logs = tmp_path / "logs"
+    base = [os.path.join(ROOT, "configs", "ldm_txt2img.yaml"), os.path.join(ROOT, "configs", "overlays", "cpu_ldm.yaml")]
+    code = main.main(["-b", *base, "-t", "-l", str(logs), "--logger", "csv", *LDM_TINY,
+                      f"model.params.first_stage_config.params.ckpt_path={ae}",
+                      "lightning.trainer.max_steps=2", "lightning.trainer.val_check_interval=2"])
+    assert code == 0
+    run = only_run_folder(logs)
+    state = load_checkpoint(os.path.join(run, "checkpoints", "last.ckpt"))
+    assert state["global_step"] == 2
+    sd = state["state_dict"]
+    scale = float(sd["scale_factor"])
+    assert scale != 1.0 and scale > 0  # scale_by_std: 1/std of the first batch's latents, saved
+    assert any(k.startswith("model_ema.") for k in sd) and any(k.startswith("first_stage_model.") for k in sd)
+    logged = {f.split("_gs-")[0] for f in os.listdir(os.path.join(run, "images", "val"))}
+    assert {"inputs", "reconstruction", "conditioning", "samples"} <= logged
+    assert _rows(run, "val/loss_simple_ema")
+
+    code = main.main(["-r", run, "-t", "lightning.trainer.max_steps=4"])
+    assert code == 0
+    state = load_checkpoint(os.path.join(run, "checkpoints", "last.ckpt"))
+    assert state["global_step"] == 4
+    assert float(state["state_dict"]["scale_factor"]) == scale  # not re-estimated on resume
+    assert "resuming from" in capsys.readouterr().out
