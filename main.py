@@ -83,7 +83,8 @@ def build(opt: Namespace, dotlist: list[str]) -> dict[str, Any]:
                  *([checkpoint, CheckpointOnSignal()] if checkpoint is not None else []), stats,
                  *configured_callbacks(lightning_cfg).values(), *extra_callbacks]
     if trainer_cfg.get("enable_progress_bar", True):
-        callbacks.append(ThroughputProgressBar(stats))
+        max_batches = OmegaConf.select(lightning_cfg, "trainer.max_steps", default=None)
+        callbacks.append(ThroughputProgressBar(stats, max_batches=max_batches if (max_batches or 0) > 0 else None))
     try:
         trainer = pl.Trainer(**trainer_cfg, logger=loggers, callbacks=callbacks, default_root_dir=logdir,
                              plugins=[AtomicCheckpointIO(trusted_dirs=[paths.ckptdir])])

@@ -103,11 +103,24 @@ class TrainingStats(Callback):
 
 
 class ThroughputProgressBar(TQDMProgressBar):
-    """TQDM progress bar that adds `img/s` and, when non-zero, the skipped-file count to the shown metrics."""
+    """TQDM progress bar that adds `img/s` and, when non-zero, the skipped-file count to the shown metrics.
 
-    def __init__(self, stats: TrainingStats, refresh_rate: int = 1, process_position: int = 0):
+    With `max_batches` (the config's `lightning.trainer.max_steps`, which counts batches) the bar's total is capped
+    at that many batches: Lightning caps it at its optimizer-step `max_steps`, which is twice as many for a GAN
+    autoencoder that steps two optimizers per batch, so the bar would otherwise end half full.
+    """
+
+    def __init__(self, stats: TrainingStats, refresh_rate: int = 1, process_position: int = 0,
+                 max_batches: int | None = None):
         super().__init__(refresh_rate=refresh_rate, process_position=process_position)
         self.stats = stats
+        self.max_batches = int(max_batches) if max_batches else None
+
+    @property
+    def total_train_batches(self) -> int | float:
+        """Batches in this epoch's bar: Lightning's count, capped at `max_batches`."""
+        total = super().total_train_batches
+        return total if self.max_batches is None else min(total, self.max_batches)
 
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, int | str | float]:
         """Lightning's bar metrics plus `img/s` and `skipped`."""

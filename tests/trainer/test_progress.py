@@ -46,3 +46,15 @@ def test_csv_logger_appends_on_resume(tmp_path):
     with open(os.path.join(tmp_path, "metrics.csv")) as f:
         rows = list(csv.DictReader(f))
     assert [(r["step"], r["a"], r["b"]) for r in rows] == [("0", "1.0", ""), ("1", "2.0", "5.0")]
+
+
+def test_bar_total_counts_batches_not_optimizer_steps(tmp_path):
+    """A GAN autoencoder steps 2 optimizers per batch; max_steps=3 batches is Trainer(max_steps=6): the bar says 3."""
+    model = TinyModel()
+    model.learning_rate = 1e-3
+    stats = TrainingStats()
+    bar = ThroughputProgressBar(stats, max_batches=3)
+    trainer = tiny_trainer(tmp_path, [stats, bar], max_steps=6, enable_progress_bar=True, limit_val_batches=0)
+    trainer.fit(model, tiny_data(n=64))  # 16 batches an epoch
+    assert bar.train_progress_bar.total == 3
+    assert ThroughputProgressBar(stats).max_batches is None
