@@ -7,6 +7,7 @@ modules (`base.py`: DDPM, `latent_diffusion.py`: LatentDiffusion, `wrapper.py`: 
 
 from ldm.models.diffusion.base import DDPM
 from ldm.models.diffusion.first_stage import disabled_train
+from ldm.models.diffusion.inpainting import LatentInpaintDiffusion
 from ldm.models.diffusion.latent_diffusion import LatentDiffusion
 from ldm.models.diffusion.wrapper import DiffusionWrapper
 
