@@ -9,12 +9,16 @@ The common signature (one for all samplers, extra options keyword-only after it)
 tensor of DDPM indices (sigma-space samplers pass fractional float indices unless `quantize=True`; see
 `sigma_space`). `callback(i, t, x, x0_pred)` is called after step i (0-based, in sampling order) with the new x and
 the x0 prediction of that step. With `mask`, entries where mask == 1 are taken from `x0` (noised to the current step)
-before every step and exactly at the end. `make_denoiser` is the one place where guidance, the eps/x0/v conversion
-and x0 thresholding (`threshold_x0`) are put around the network for every sampler.
+before every step and exactly at the end. img2img (every sampler, keyword-only `x_init`, `strength`): run only the
+last floor(strength * n) of the n steps, from `x_init` noised to the first of them with `x_T` as the noise
+(`strength_steps`, `start_timesteps`; strength 1 is plain sampling from x_T, strength 0 returns x_init).
+`make_denoiser` is the one place where guidance, the eps/x0/v conversion and x0 thresholding (`threshold_x0`) are
+put around the network for every sampler.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -88,6 +92,51 @@ def check_timesteps(timesteps: Sequence[int], num_timesteps: int) -> list[int]:
     if ts[0] < 0 or ts[-1] >= num_timesteps:
         raise ValueError(f"timesteps must lie in [0, {num_timesteps - 1}], got {ts[0]}..{ts[-1]}")
     return ts
+
+
+def check_strength(strength: float) -> float:
+    """img2img strength as a float in [0, 1]."""
+    strength = float(strength)
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must lie in [0, 1] (0 = the input back, 1 = pure noise), got {strength}")
+    return strength
+
+
+def strength_steps(num_steps: int, strength: float) -> int:
+    """How many of a grid's `num_steps` steps img2img runs: floor(strength * num_steps), SD's `t_enc`."""
+    return min(int(num_steps), int(math.floor(check_strength(strength) * num_steps + 1e-6)))
+
+
+def noised_init(x_init: torch.Tensor, noise: torch.Tensor, abar: float) -> torch.Tensor:
+    """x_init carried to VP level abar with the given noise: sqrt(abar) x_init + sqrt(1 - abar) noise (q(x_t | x0))."""
+    return math.sqrt(abar) * x_init + math.sqrt(max(1.0 - abar, 0.0)) * noise
+
+
+def check_init(x_T: torch.Tensor, x_init: torch.Tensor | None, strength: float) -> torch.Tensor | None:
+    """Validate img2img inputs; returns x_init in x_T's dtype and device (None when there is none)."""
+    if check_strength(strength) < 1.0 and x_init is None:
+        raise ValueError(f"strength {strength} < 1 needs x_init (the clean sample to start from)")
+    if x_init is None:
+        return None
+    if tuple(x_init.shape) != tuple(x_T.shape):
+        raise ValueError(f"x_init shape {tuple(x_init.shape)} must equal x_T shape {tuple(x_T.shape)}")
+    return x_init.to(device=x_T.device, dtype=x_T.dtype)
+
+
+def start_timesteps(schedule: DiffusionSchedule, timesteps: list[int], x_T: torch.Tensor,
+                    x_init: torch.Tensor | None, strength: float = 1.0) -> tuple[list[int], torch.Tensor]:
+    """img2img on an ascending DDPM-index grid: (the kept indices, the starting x).
+
+    Keeps the lowest floor(strength * len) indices and starts from x_init noised to the highest kept one with x_T as
+    the noise (SD's `stochastic_encode` + `decode(t_start)`). All kept: x_T itself; none kept: x_init.
+    """
+    x_init = check_init(x_T, x_init, strength)
+    n = strength_steps(len(timesteps), strength)
+    if x_init is None or n == len(timesteps):
+        return list(timesteps), x_T
+    if n == 0:
+        return [], x_init
+    return list(timesteps[:n]), noised_init(x_init, x_T, float(schedule.alphas_cumprod[timesteps[n - 1]]))
 
 
 def step_alphas(schedule: DiffusionSchedule, timesteps: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:

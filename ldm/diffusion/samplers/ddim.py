@@ -9,7 +9,8 @@ import torch
 from ldm.diffusion.noise import randn_like
 from ldm.diffusion.parameterization import ModelFn, as_schedule, eps_from_x0
 from ldm.diffusion.samplers.base import (Intermediates, StepCallback, blend_known, check_inputs, check_timesteps,
-                                         make_denoiser, make_timesteps, step_alphas, timestep_batch, to_like)
+                                         make_denoiser, make_timesteps, start_timesteps, step_alphas, timestep_batch,
+                                         to_like)
 from ldm.diffusion.samplers.registry import register_sampler
 from ldm.diffusion.schedule import DiffusionSchedule
 
@@ -27,12 +28,14 @@ def sample_ddim(model_fn: ModelFn, schedule: DiffusionSchedule, x_T: torch.Tenso
                 callback: StepCallback | None = None, generator: torch.Generator | None = None,
                 parameterization: str = "eps", *, guidance_rescale: float = 0.0, ddim_discretize: str = "uniform",
                 timesteps: list[int] | None = None, clip_denoised: bool = False, temperature: float = 1.0,
-                log_every_t: int = 100, intermediates: dict | None = None) -> torch.Tensor:
+                log_every_t: int = 100, intermediates: dict | None = None, x_init: torch.Tensor | None = None,
+                strength: float = 1.0) -> torch.Tensor:
     """DDIM from x_T: x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z.
 
     `ddim_discretize` picks the indices ("uniform"/"quad" with the original +1 offset, or "trailing"); `timesteps`
     overrides them. With eta = 1 over all T steps this is ancestral DDPM sampling. `clip_denoised` clamps x0 to
     [-1, 1] and recomputes eps from it; `intermediates`, if a dict, receives 'x_inter' / 'pred_x0' lists.
+    `x_init` / `strength`: img2img (`start_timesteps`).
     """
     sched = as_schedule(schedule)
     mask, x0 = check_inputs(x_T, mask, x0)
@@ -42,6 +45,7 @@ def sample_ddim(model_fn: ModelFn, schedule: DiffusionSchedule, x_T: torch.Tenso
         ts = check_timesteps(timesteps, sched.num_timesteps)
     else:
         ts = make_timesteps(ddim_discretize, sched.num_timesteps if steps is None else steps, sched.num_timesteps)
+    ts, x_start = start_timesteps(sched, ts, x_T, x_init, strength)
     abar, abar_prev = step_alphas(sched, ts)
     sigmas = ddim_sigmas(abar, abar_prev, eta)
     # float64 per-step coefficients, cast once to x's dtype/device; indexed by Python ints below (no host syncs).
@@ -51,8 +55,8 @@ def sample_ddim(model_fn: ModelFn, schedule: DiffusionSchedule, x_T: torch.Tenso
     sqrt_abar, sqrt_1m_abar = to_like(abar.sqrt(), x_T), to_like((1 - abar).sqrt(), x_T)
 
     denoiser = make_denoiser(model_fn, sched, parameterization, uncond, guidance_scale, guidance_rescale)
-    log = Intermediates(intermediates, x_T, len(ts), log_every_t)
-    x = x_T
+    log = Intermediates(intermediates, x_start, len(ts), log_every_t)
+    x = x_start
     for i, k in enumerate(reversed(range(len(ts)))):
         t = ts[k]
         if mask is not None:

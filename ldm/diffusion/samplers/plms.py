@@ -11,7 +11,8 @@ import torch
 from ldm.diffusion.parameterization import ModelFn, as_schedule
 from ldm.diffusion.samplers.base import (DYNAMIC_THRESHOLD_RATIO, THRESHOLD_MAX_VALUE, Intermediates, StepCallback,
                                          blend_known, check_inputs, check_timesteps, make_denoiser, make_timesteps,
-                                         resolve_thresholding, step_alphas, threshold_x0, timestep_batch, to_like)
+                                         resolve_thresholding, start_timesteps, step_alphas, threshold_x0,
+                                         timestep_batch, to_like)
 from ldm.diffusion.samplers.registry import register_sampler
 from ldm.diffusion.schedule import DiffusionSchedule
 
@@ -28,14 +29,16 @@ def sample_plms(model_fn: ModelFn, schedule: DiffusionSchedule, x_T: torch.Tenso
                 parameterization: str = "eps", *, spacing: str = "uniform", timesteps: list[int] | None = None,
                 guidance_rescale: float = 0.0, thresholding: str | None = None, clip_denoised: bool = False,
                 threshold_ratio: float = DYNAMIC_THRESHOLD_RATIO, max_value: float = THRESHOLD_MAX_VALUE,
-                log_every_t: int = 100, intermediates: dict | None = None) -> torch.Tensor:
+                log_every_t: int = 100, intermediates: dict | None = None, x_init: torch.Tensor | None = None,
+                strength: float = 1.0) -> torch.Tensor:
     """PLMS from x_T over the DDIM timesteps of `spacing` (the original's "uniform" with its +1 offset by default):
     x_prev = sqrt(abar_prev) x0(e') + sqrt(1 - abar_prev) e' with e' the multistep eps. The first step averages eps
     at t and at the DDIM-predicted next point, so `steps` steps make steps + 1 model calls. eta must be 0. The
     Adams-Bashforth weights assume equal strides: uniform / leading / trailing with T % steps == 0 are exact, while
     the rounded strides of linspace (or quad) make the multistep formula only approximately right.
     `thresholding` ("clip" / "dynamic", or `clip_denoised`) applies to every model x0 prediction (`make_denoiser`) and
-    to the x0 of the combined eps (where the original PLMS applies it).
+    to the x0 of the combined eps (where the original PLMS applies it). `x_init` / `strength`: img2img
+    (`start_timesteps`).
     """
     if eta != 0:
         raise ValueError(f"plms is deterministic and takes eta = 0 only, got {eta} (the original raises too)")
@@ -44,13 +47,14 @@ def sample_plms(model_fn: ModelFn, schedule: DiffusionSchedule, x_T: torch.Tenso
     T = sched.num_timesteps
     ts = check_timesteps(timesteps, T) if timesteps is not None else \
         make_timesteps(spacing, T if steps is None else steps, T)
+    ts, x_start = start_timesteps(sched, ts, x_T, x_init, strength)
     abar, abar_prev = step_alphas(sched, ts)
     coef_x0, coef_eps = to_like(abar_prev.sqrt(), x_T), to_like((1 - abar_prev).sqrt(), x_T)
     sqrt_abar, sqrt_1m_abar = to_like(abar.sqrt(), x_T), to_like((1 - abar).sqrt(), x_T)
     thresholding = resolve_thresholding(thresholding, clip_denoised)
     denoiser = make_denoiser(model_fn, sched, parameterization, uncond, guidance_scale, guidance_rescale,
                              thresholding, threshold_ratio, max_value)
-    log = Intermediates(intermediates, x_T, len(ts), log_every_t)
+    log = Intermediates(intermediates, x_start, len(ts), log_every_t)
 
     def transfer(x: torch.Tensor, eps: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """DDIM (eta = 0) step from ts[k] to its predecessor with a given eps; returns (x_prev, x0_pred)."""
@@ -58,7 +62,7 @@ def sample_plms(model_fn: ModelFn, schedule: DiffusionSchedule, x_T: torch.Tenso
         x0_pred = threshold_x0((x - sqrt_1m_abar[k] * eps) / sqrt_abar[k], thresholding, threshold_ratio, max_value)
         return coef_x0[k] * x0_pred + coef_eps[k] * eps, x0_pred
 
-    x, old_eps = x_T, []  # old_eps: newest first, at most 3
+    x, old_eps = x_start, []  # old_eps: newest first, at most 3
     for i, k in enumerate(reversed(range(len(ts)))):
         t = ts[k]
         if mask is not None:

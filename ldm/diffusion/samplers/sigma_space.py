@@ -22,7 +22,8 @@ import torch
 from ldm.diffusion.noise import randn_like
 from ldm.diffusion.parameterization import ModelFn, as_schedule, sigma_to_t
 from ldm.diffusion.samplers.base import (DYNAMIC_THRESHOLD_RATIO, THRESHOLD_MAX_VALUE, Intermediates, StepCallback,
-                                         check_inputs, make_denoiser, resolve_thresholding)
+                                         check_init, check_inputs, make_denoiser, noised_init, resolve_thresholding,
+                                         strength_steps)
 from ldm.diffusion.samplers.sigmas import KARRAS_RHO, make_sigmas
 from ldm.diffusion.schedule import DiffusionSchedule
 
@@ -31,8 +32,23 @@ SIGMA_OPTIONS: dict[str, Any] = {
     "spacing": "karras", "rho": KARRAS_RHO, "sigma_min": None, "sigma_max": None, "sigmas": None, "quantize": False,
     "guidance_rescale": 0.0, "thresholding": None, "clip_denoised": False,
     "threshold_ratio": DYNAMIC_THRESHOLD_RATIO, "max_value": THRESHOLD_MAX_VALUE,
-    "log_every_t": 100, "intermediates": None,
+    "log_every_t": 100, "intermediates": None, "x_init": None, "strength": 1.0,
 }
+
+
+def start_sigmas(sigmas: list[float], x_T: torch.Tensor, x_init: torch.Tensor | None,
+                 strength: float = 1.0) -> tuple[list[float], torch.Tensor]:
+    """img2img on a sigma grid: (the kept grid, the VP start), the sigma-space twin of `base.start_timesteps`.
+
+    Keeps the last floor(strength * steps) steps (and the final 0) and starts from x_init noised to the first kept
+    level sigma with x_T as the noise (abar = 1 / (1 + sigma^2)). All kept: x_T itself; none kept: x_init.
+    """
+    x_init = check_init(x_T, x_init, strength)
+    n = strength_steps(len(sigmas) - 1, strength)
+    if x_init is None or n == len(sigmas) - 1:
+        return sigmas, x_T
+    kept = sigmas[len(sigmas) - 1 - n:]
+    return kept, noised_init(x_init, x_T, 1.0 / (1.0 + kept[0] ** 2))
 
 
 def check_eta(name: str, eta: float | None, default: float = 0.0, stochastic: bool = True) -> float:
@@ -73,8 +89,9 @@ class SigmaRun:
         o = {**SIGMA_OPTIONS, **opts}
         sched = as_schedule(schedule)
         self.mask, self.x0 = check_inputs(x_T, mask, x0)
-        self.sigmas = make_sigmas(sched, sched.num_timesteps if steps is None else steps, o["spacing"], o["rho"],
-                                  o["sigma_min"], o["sigma_max"], o["sigmas"])
+        sigmas = make_sigmas(sched, sched.num_timesteps if steps is None else steps, o["spacing"], o["rho"],
+                             o["sigma_min"], o["sigma_max"], o["sigmas"])
+        self.sigmas, self.x_T = start_sigmas(sigmas, x_T, o["x_init"], o["strength"])
         # fractional DDPM index of every level (callbacks only); float64 on the CPU, once, so no syncs later
         levels = torch.tensor(self.sigmas[:-1], dtype=torch.float64)
         self.timesteps = sigma_to_t(levels, sched.sigmas.log()).tolist()
@@ -82,8 +99,7 @@ class SigmaRun:
         self.denoiser = make_denoiser(model_fn, sched, parameterization, uncond, guidance_scale,
                                       o["guidance_rescale"], thresholding, o["threshold_ratio"], o["max_value"])
         self.cond, self.callback, self.generator, self.quantize = cond, callback, generator, bool(o["quantize"])
-        self.log = Intermediates(o["intermediates"], x_T, self.num_steps, o["log_every_t"])
-        self.x_T = x_T
+        self.log = Intermediates(o["intermediates"], self.x_T, self.num_steps, o["log_every_t"])
 
     @property
     def num_steps(self) -> int:
@@ -91,7 +107,8 @@ class SigmaRun:
         return len(self.sigmas) - 1
 
     def start(self) -> torch.Tensor:
-        """The VE state at the first level: x_T sqrt(1 + sigma_0^2) (x_T is the VP sample there)."""
+        """The VE state at the first level: x_T sqrt(1 + sigma_0^2) (x_T, or the img2img start, is the VP sample
+        there)."""
         return self.x_T * math.sqrt(1 + self.sigmas[0] ** 2)
 
     def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -63,6 +63,8 @@ def sample_unipc(model_fn: ModelFn, schedule: DiffusionSchedule, x_T: torch.Tens
     run = SigmaRun("unipc", model_fn, schedule, x_T, steps, cond, uncond, guidance_scale, mask, x0, callback,
                    generator, parameterization, **opts)
     s, x = run.sigmas, run.start()
+    if run.num_steps == 0:  # img2img at strength 0: nothing to integrate (and no model call at sigma = 0)
+        return run.finish(x)
     x = run.begin(0, x)
     hist = [(run.denoise(x, s[0]), -math.log(s[0]))]  # (x0_pred, lambda), newest last
     for i in range(run.num_steps):

@@ -1,0 +1,82 @@
+"""Checks of command-line input that need no model: sampler and its options, numbers, sizes, prompt files.
+
+Every check raises `UsageError` with a message naming the flag, so scripts fail before any weights are loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from ldm.diffusion.samplers import available_samplers, get_sampler
+from ldm.diffusion.samplers.base import check_strength as sampler_strength
+from ldm.diffusion.schedule import DiffusionSchedule
+from ldm.inference.errors import UsageError
+
+
+def check_sampler(name: str) -> str:
+    """`name` if the sampler registry has it; UsageError listing the available samplers otherwise."""
+    if name not in available_samplers():
+        raise UsageError(f"--sampler: unknown sampler {name!r}; available: {', '.join(available_samplers())}")
+    return name
+
+
+def check_sampler_options(name: str, steps: int, num_timesteps: int, eta: float | None = None,
+                          **opts: Any) -> None:
+    """Let the sampler itself judge steps / eta / options: one step-free dry run on a 1-element dummy problem.
+
+    This is the samplers' own validation (e.g. "euler is deterministic and takes eta = 0 only"), so no list of
+    which sampler takes what is kept here.
+    """
+    check_sampler(name)
+    check_positive(steps, "--steps")
+    schedule = DiffusionSchedule.from_config("linear", num_timesteps)
+    kwargs = dict(opts, **({} if eta is None else {"eta": eta}))
+    try:
+        get_sampler(name)(lambda x, t, c=None: torch.zeros_like(x), schedule, torch.zeros(1, 1, 1, 1), steps,
+                          **kwargs)
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"--sampler {name} --steps {steps}" + ("" if eta is None else f" --eta {eta}")
+                         + f": {err}") from None
+
+
+def check_positive(value: int, flag: str) -> int:
+    """`value` if it is an int >= 1."""
+    if not isinstance(value, int) or value < 1:
+        raise UsageError(f"{flag} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_strength(strength: float) -> float:
+    """--strength in [0, 1] (0 = the input back, 1 = pure noise)."""
+    try:
+        return sampler_strength(strength)
+    except ValueError as err:
+        raise UsageError(f"--strength: {err}") from None
+
+
+def check_size(height: int, width: int, multiple: int, what: str = "--H/--W") -> tuple[int, int]:
+    """(height, width) if both are positive multiples of `multiple` (the model's total downsampling)."""
+    if height < 1 or width < 1 or height % multiple or width % multiple:
+        fit_h, fit_w = (max(multiple, side // multiple * multiple) for side in (height, width))
+        raise UsageError(f"{what}: {height}x{width} (HxW) is not a multiple of {multiple}, the model's "
+                         f"downsampling factor (first stage x UNet); e.g. use {fit_h}x{fit_w}")
+    return height, width
+
+
+def read_prompts(prompt: str | None = None, from_file: str | None = None) -> list[str] | None:
+    """The prompts of `--prompt` or `--from-file` (one per non-empty line); None when neither is given."""
+    if prompt is not None and from_file is not None:
+        raise UsageError("--prompt and --from-file are alternatives; give one")
+    if from_file is None:
+        return None if prompt is None else [prompt]
+    if not os.path.isfile(from_file):
+        raise UsageError(f"--from-file: prompt file not found: {from_file}")
+    with open(from_file, encoding="utf-8") as f:
+        prompts = [line.strip() for line in f if line.strip()]
+    if not prompts:
+        raise UsageError(f"--from-file: {from_file} has no prompts (one per line)")
+    return prompts
+
