@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any
 
 import torch
+
+from ldm.files import atomic_write
 
 
 class CheckpointError(RuntimeError):
@@ -83,17 +84,6 @@ def load_state_dict(path: str, map_location: str | torch.device = "cpu") -> dict
 
 
 def atomic_save(obj: Any, path: str) -> None:
-    """`torch.save` to a temporary file in the same folder, fsync, then rename: a killed save never leaves a torn file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """`torch.save` through `ldm.files.atomic_write` (temporary file, fsync, rename): a killed save never leaves a
+    torn file."""
+    atomic_write(path, lambda f: torch.save(obj, f))

@@ -12,11 +12,13 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRAINER_TESTS = os.path.join(HERE, "trainer")
-for path in (TRAINER_TESTS, os.path.dirname(HERE)):
+DIFFUSION_TESTS = os.path.join(HERE, "models", "diffusion")
+for path in (TRAINER_TESTS, DIFFUSION_TESTS, os.path.dirname(HERE)):
     if path not in sys.path:
         sys.path.insert(0, path)
 
 import main  # noqa: E402
+from diffusion_configs import cpu_stage1_checkpoint  # noqa: E402
 from ldm.checkpoint import load_checkpoint  # noqa: E402
 from trainer_helpers import ROOT, only_run_folder, run_main, subprocess_env, write_config  # noqa: E402
 
@@ -212,26 +214,10 @@ LDM_TINY = ["model.params.unet_config.params.model_channels=32", "model.context_
             "lightning.callbacks.image_logger.params.log_images_kwargs.ddim_steps=2"]
 
 
-def _cpu_stage1_checkpoint(path):
-    """A checkpoint of the CPU-sized KL-f8 autoencoder (configs/overlays/cpu.yaml), as stage 1 would write it."""
-    import torch
-    from omegaconf import OmegaConf
-
-    from ldm.util import instantiate_from_config, load_configs
-
-    cfg = load_configs([os.path.join(ROOT, "configs", "autoencoder_kl_f8.yaml"),
-                        os.path.join(ROOT, "configs", "overlays", "cpu.yaml")])
-    params = OmegaConf.to_container(cfg.model.params, resolve=True)
-    ae = instantiate_from_config({"target": "ldm.models.autoencoder.AutoencoderKL",
-                                  "params": {"embed_dim": params["embed_dim"], "ddconfig": params["ddconfig"],
-                                             "lossconfig": {"target": "torch.nn.Identity"}}})
-    torch.save({"state_dict": ae.state_dict()}, path)
-
-
 def test_latent_diffusion_trains_from_a_stage1_checkpoint_and_resumes(tmp_path, capsys):
     """configs/ldm_txt2img.yaml + the CPU overlay through main.py: scale_by_std, EMA, images, then -r continues."""
     ae = tmp_path / "ae.ckpt"
-    _cpu_stage1_checkpoint(ae)
+    cpu_stage1_checkpoint(ae)
     logs = tmp_path / "logs"
     base = [os.path.join(ROOT, "configs", "ldm_txt2img.yaml"), os.path.join(ROOT, "configs", "overlays", "cpu_ldm.yaml")]
     code = main.main(["-b", *base, "-t", "-l", str(logs), "--logger", "csv", *LDM_TINY,

@@ -13,7 +13,7 @@ inpainting / super-resolution scripts). No Lightning training glue; each module 
 - `codec`: `encode_images(model, images)`, `decode_latents(model, z)`.
 - `images`: `open_image(path, channels, flag)`, `image_to_tensor`, `to_pil`, `to_uint8`, `image_grid`,
   `save_png(image, path, metadata)`, `read_png_metadata(path)`.
-- `files`: `atomic_write(path, write)`, numbered output names (`next_index`, `count_done`).
+- `files`: numbered output names (`next_index`, `count_done`) and `atomic_write(path, write)` (from `ldm.files`).
 - `validation`: flag checks that need no model (`check_sampler`, `check_sampler_options`, `check_strength`,
   `check_size`, `read_prompts`, `check_positive`); all raise `errors.UsageError`.
 - `generate`: the txt2img / img2img loop (`Settings`, `generate`, `batch_samples`); `eval_samples`: resumable

@@ -6,19 +6,16 @@ from typing import Any
 
 import torch
 
-from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
+from ldm.models.diffusion.first_stage import deterministic_latent
 
 
 @torch.no_grad()
 def encode_images(model: Any, images: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) images in [-1, 1] -> scaled float32 latents: scale_factor * the posterior mode (a VQ/identity
-    first stage's tensor as it is); the images themselves for a pixel-space DDPM."""
-    images = images.to(model.device)
+    """(B, C, H, W) images in [-1, 1] -> float32 diffusion latents (`first_stage.deterministic_latent`: scale_factor
+    x the posterior mode); the images themselves for a pixel-space DDPM."""
     if not hasattr(model, "encode_first_stage"):
-        return images.float()
-    out = model.encode_first_stage(images)
-    z = out.mode() if isinstance(out, DiagonalGaussianDistribution) else out
-    return (model.scale_factor * z).float()
+        return images.to(model.device).float()
+    return deterministic_latent(model, images)
 
 
 @torch.no_grad()

@@ -1,33 +1,13 @@
-"""Output files: atomic writes (temporary name, then rename) and numbered image files (`00042.png`)."""
+"""Output files: numbered image files (`00042.png`), and atomic writes (`ldm.files.atomic_write`, re-exported)."""
 
 from __future__ import annotations
 
 import os
 import re
-import tempfile
-from collections.abc import Callable
-from typing import IO
 
+from ldm.files import atomic_write
 
-def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> str:
-    """Call `write(f)` on a hidden temporary file next to `path`, fsync, then rename it to `path`; returns `path`.
-
-    A killed process leaves at most a `.name.*.tmp` file behind, never a torn `path`.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+__all__ = ["atomic_write", "count_done", "next_index", "numbered_indices", "numbered_name"]
 
 
 def numbered_name(index: int, digits: int = 5, ext: str = ".png", prefix: str = "") -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,10 +10,8 @@ import torch
 from omegaconf import DictConfig
 
 from ldm.inference.errors import UsageError
-from ldm.trainer.runs import inference_model_config, run_config
-from ldm.util import instantiate_from_config, load_configs
-
-log = logging.getLogger(__name__)
+from ldm.trainer.runs import load_inference_model, run_config
+from ldm.util import load_configs
 
 
 @dataclass(frozen=True)
@@ -50,11 +47,6 @@ def resolve_source(resume: str | None = None, config: Sequence[str] | str | None
 
 
 def load_model(source: ModelSource, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Build the model without its training losses, load the checkpoint (weights_only), move it, eval mode."""
-    model = instantiate_from_config(inference_model_config(source.config.model))
-    if not hasattr(model, "init_from_ckpt"):
-        raise TypeError(f"{type(model).__name__} has no init_from_ckpt; cannot load {source.ckpt}")
-    model.init_from_ckpt(source.ckpt)
-    model = model.to(device).eval()
-    log.info("loaded %s from %s", type(model).__name__, source.ckpt)
-    return model
+    """Build the model without its training losses, load the checkpoint (weights_only), move it, eval mode
+    (`ldm.trainer.runs.load_inference_model`)."""
+    return load_inference_model(source.config, source.ckpt, device)

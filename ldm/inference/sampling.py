@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ldm.diffusion.samplers import get_sampler
-from ldm.diffusion.samplers.base import StepCallback, strength_steps
+from ldm.diffusion.samplers.base import StepCallback, announce_steps, strength_steps
 
 
 def image_seed(seed: int, index: int) -> int:
@@ -35,25 +35,42 @@ def sampler_eta(name: str, eta: float | None) -> float | None:
     return inspect.signature(get_sampler(name)).parameters["eta"].default if eta is None else float(eta)
 
 
+class ProgressCallback:
+    """A sampler callback that advances a tqdm bar (and calls `callback` too). Its total is what the sampler announces
+    before the first step (`set_total`: the length of its timestep grid, e.g. 4 for DDIM's uniform spacing at
+    `steps` 3 of 1000), so the bar counts the steps the sampler actually runs."""
+
+    def __init__(self, bar: Any, callback: StepCallback | None = None):
+        self.bar = bar
+        self.callback = callback
+
+    def set_total(self, total: int) -> None:
+        """The number of steps the run makes (called by the sampler through `announce_steps`)."""
+        self.bar.reset(total=int(total))
+        announce_steps(self.callback, total)
+
+    def __call__(self, i: int, t: Any, x: torch.Tensor, x0: torch.Tensor) -> None:
+        """After step i: the bar shows i + 1 steps done."""
+        if self.bar.total is None or i + 1 > self.bar.total:  # a sampler that announces nothing
+            self.bar.total = i + 1
+        self.bar.update(i + 1 - self.bar.n)
+        if self.callback is not None:
+            self.callback(i, t, x, x0)
+
+
 @contextlib.contextmanager
-def progress(total: int, desc: str = "sampling", enabled: bool = True,
+def progress(total: int | None = None, desc: str = "sampling", enabled: bool = True,
              callback: StepCallback | None = None) -> Iterator[StepCallback | None]:
-    """A sampler callback that advances a tqdm bar of `total` steps (and calls `callback` too); closed on exit."""
+    """A `ProgressCallback` over a tqdm bar of `total` steps until the sampler announces its own count (with `callback`
+    called too), closed on exit; just `callback` when not `enabled`."""
     if not enabled:
         yield callback
         return
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
-
-    def step(i: int, t: Any, x: torch.Tensor, x0: torch.Tensor) -> None:
-        bar.total = max(bar.total, i + 1)  # e.g. DDIM's uniform spacing may add a step
-        bar.update(i + 1 - bar.n)
-        if callback is not None:
-            callback(i, t, x, x0)
-
     try:
-        yield step
+        yield ProgressCallback(bar, callback)
     finally:
         bar.close()
 

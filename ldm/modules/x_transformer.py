@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ldm.modules.attention import FeedForward  # the same feed-forward block (`net` keys) as the UNet transformer
+
 DEFAULT_DIM_HEAD = 64
 
 
@@ -38,33 +40,6 @@ class AbsolutePositionalEmbedding(nn.Module):
         """(1, N, dim) embeddings of positions 0..N-1."""
         positions = torch.arange(x.shape[1], device=x.device)
         return self.emb(positions)[None]
-
-
-class GEGLU(nn.Module):
-    """Gated GELU input projection (`proj` produces value and gate)."""
-
-    def __init__(self, dim_in: int, dim_out: int):
-        super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out * 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """value * gelu(gate)."""
-        value, gate = self.proj(x).chunk(2, dim=-1)
-        return value * F.gelu(gate)
-
-
-class FeedForward(nn.Module):
-    """Position-wise MLP: Linear -> GELU (or GEGLU) -> Dropout -> Linear, stored as `net`."""
-
-    def __init__(self, dim: int, dim_out: int | None = None, mult: int = 4, glu: bool = False, dropout: float = 0.0):
-        super().__init__()
-        inner = int(dim * mult)
-        project_in = GEGLU(dim, inner) if glu else nn.Sequential(nn.Linear(dim, inner), nn.GELU())
-        self.net = nn.Sequential(project_in, nn.Dropout(dropout), nn.Linear(inner, dim_out or dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., dim) -> (..., dim_out)."""
-        return self.net(x)
 
 
 class Attention(nn.Module):

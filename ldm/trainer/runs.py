@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -37,12 +36,10 @@ def inference_model_config(model_cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def load_model_from_run(path: str, checkpoint: str | None = None, device: str | torch.device = "cpu",
-                        eval_mode: bool = True):
-    """Instantiate the run's model without training losses and load its weights (weights_only). Returns (model, cfg)."""
-    config, ckpt = run_config(path)
-    if checkpoint is not None:
-        ckpt = checkpoint
+def load_inference_model(config: DictConfig, ckpt: str, device: str | torch.device = "cpu",
+                         eval_mode: bool = True) -> torch.nn.Module:
+    """Instantiate `config.model` without training losses (`inference_model_config`), load `ckpt` into it
+    (weights_only), move it to `device` and, with `eval_mode`, switch it to eval mode."""
     model = instantiate_from_config(inference_model_config(config.model))
     if not hasattr(model, "init_from_ckpt"):
         raise TypeError(f"{type(model).__name__} has no init_from_ckpt; cannot load {ckpt}")
@@ -51,4 +48,12 @@ def load_model_from_run(path: str, checkpoint: str | None = None, device: str | 
     if eval_mode:
         model.eval()
     log.info("loaded %s from %s", type(model).__name__, ckpt)
+    return model
+
+
+def load_model_from_run(path: str, checkpoint: str | None = None, device: str | torch.device = "cpu",
+                        eval_mode: bool = True):
+    """Instantiate the run's model without training losses and load its weights (weights_only). Returns (model, cfg)."""
+    config, ckpt = run_config(path)
+    model = load_inference_model(config, ckpt if checkpoint is None else checkpoint, device, eval_mode)
     return model, config

@@ -10,6 +10,12 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DIFFUSION_TESTS = os.path.join(ROOT, "tests", "models", "diffusion")
+if DIFFUSION_TESTS not in sys.path:
+    sys.path.insert(0, DIFFUSION_TESTS)
+
+import diffusion_configs  # noqa: E402
+
 TINY = ["model.params.unet_config.params.model_channels=32", "model.context_dim=32", "model.text_layers=1",
         "data.params.batch_size=2", "data.params.num_workers=0", "lightning.trainer.max_steps=2",
         "lightning.trainer.limit_val_batches=1", "lightning.trainer.val_check_interval=2",
@@ -36,19 +42,6 @@ def run_script():
     return run
 
 
-def _stage1_checkpoint(path):
-    """A freshly initialised CPU-sized KL-f8 autoencoder saved as stage 1 would (the model tests' helper)."""
-    sys.path.insert(0, os.path.join(ROOT, "tests", "models", "diffusion"))
-    from test_configs import cpu_stage1_checkpoint
-
-    cwd = os.getcwd()
-    os.chdir(ROOT)  # its config paths are relative to the repository
-    try:
-        cpu_stage1_checkpoint(path)
-    finally:
-        os.chdir(cwd)
-
-
 @pytest.fixture
 def one_thread():
     """In-process runs of the tiny models: one thread is fastest and does not fight the subprocesses for cores."""
@@ -65,7 +58,7 @@ def trained_runs(tmp_path_factory):
     """{"text": run folder, "class": run folder}, each trained for 2 steps by `main.py -t`."""
     root = tmp_path_factory.mktemp("sampling_runs")
     ae = root / "ae.ckpt"
-    _stage1_checkpoint(ae)
+    diffusion_configs.cpu_stage1_checkpoint(ae)
     procs = {}
     for kind, config in (("text", "ldm_txt2img"), ("class", "ldm_cin")):
         cmd = [sys.executable, os.path.join(ROOT, "main.py"), "-b", os.path.join(ROOT, "configs", f"{config}.yaml"),
@@ -104,9 +97,6 @@ def tiny_run(tmp_path):
     from omegaconf import OmegaConf
 
     from ldm.util import instantiate_from_config
-
-    sys.path.insert(0, os.path.join(ROOT, "tests", "models", "diffusion"))
-    import diffusion_configs
 
     def make(cond):
         config = OmegaConf.create({"model": diffusion_configs.ldm_config(cond)})

@@ -8,25 +8,29 @@ The common signature (one for all samplers, extra options keyword-only after it)
 `model_fn(x_t, t, cond)` returns the raw network output (eps, x0 or v, per `parameterization`); `t` is a (B,) long
 tensor of DDPM indices (sigma-space samplers pass fractional float indices unless `quantize=True`; see
 `sigma_space`). `callback(i, t, x, x0_pred)` is called after step i (0-based, in sampling order) with the new x and
-the x0 prediction of that step. With `mask`, entries where mask == 1 are taken from `x0` (noised to the current step)
-before every step and exactly at the end. img2img (every sampler, keyword-only `x_init`, `strength`): run only the
-last floor(strength * n) of the n steps, from `x_init` noised to the first of them with `x_T` as the noise
-(`strength_steps`, `start_timesteps`; strength 1 is plain sampling from x_T, strength 0 returns x_init).
+the x0 prediction of that step; a callback with a `set_total(n)` method is first told how many steps the run makes
+(`announce_steps`: e.g. DDIM's uniform spacing may give more indices than `steps`). With `mask`, entries where
+mask == 1 are taken from `x0` (noised to the current step) before every step and exactly at the end. img2img (every
+sampler, keyword-only `x_init`, `strength`): run only the last floor(strength * n) of the n steps, from `x_init`
+noised to the first of them with `x_T` as the noise (`strength_steps`, `start_timesteps`; strength 1 is plain
+sampling from x_T, strength 0 returns x_init).
 `make_denoiser` is the one place where guidance, the eps/x0/v conversion and x0 thresholding (`threshold_x0`) are
 put around the network for every sampler.
+`TimestepRun` (ddpm, ddim, plms) and `sigma_space.SigmaRun` (the rest) hold one run's grid, inpainting blend and
+`StepReport` (callback + intermediates).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import torch
 
 from ldm.diffusion.guidance import guided_model_fn
 from ldm.diffusion.noise import randn_like
-from ldm.diffusion.parameterization import Denoiser, ModelFn, eps_from_x0
+from ldm.diffusion.parameterization import Denoiser, ModelFn, as_schedule, eps_from_x0
 from ldm.diffusion.schedule import DiffusionSchedule
 
 TIMESTEP_SPACINGS = ("uniform", "quad", "trailing", "leading", "linspace")
@@ -92,6 +96,15 @@ def check_timesteps(timesteps: Sequence[int], num_timesteps: int) -> list[int]:
     if ts[0] < 0 or ts[-1] >= num_timesteps:
         raise ValueError(f"timesteps must lie in [0, {num_timesteps - 1}], got {ts[0]}..{ts[-1]}")
     return ts
+
+
+def select_timesteps(num_timesteps: int, steps: int | None, spacing: str = "uniform",
+                     timesteps: Sequence[int] | None = None, offset: int = 1) -> list[int]:
+    """A DDPM-timestep sampler's ascending grid: explicit `timesteps` (checked), else `make_timesteps(spacing, steps,
+    T, offset)` with steps None meaning all T."""
+    if timesteps is not None:
+        return check_timesteps(timesteps, num_timesteps)
+    return make_timesteps(spacing, num_timesteps if steps is None else steps, num_timesteps, offset)
 
 
 def check_strength(strength: float) -> float:
@@ -251,9 +264,23 @@ def blend_known(x: torch.Tensor, mask: torch.Tensor, x0: torch.Tensor, sqrt_abar
     return mask * known + (1 - mask) * x
 
 
+def restore_known(x: torch.Tensor, mask: torch.Tensor | None, x0: torch.Tensor | None) -> torch.Tensor:
+    """The final sample with the known region (mask == 1) set exactly to x0; x itself without a mask."""
+    return x if mask is None else mask * x0 + (1 - mask) * x
+
+
 def timestep_batch(x: torch.Tensor, t: int) -> torch.Tensor:
     """(B,) long tensor filled with DDPM index t on x's device."""
     return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+
+
+def announce_steps(callback: StepCallback | None, total: int) -> None:
+    """Before the first step: tell `callback` the number of steps the run makes (the length of its timestep or sigma
+    grid, after img2img trimming) by calling `callback.set_total(total)` when it has that method (a progress bar);
+    plain functions are left alone."""
+    set_total = getattr(callback, "set_total", None)
+    if callable(set_total):
+        set_total(int(total))
 
 
 class Intermediates:
@@ -273,3 +300,70 @@ class Intermediates:
         if self.target is not None and (index % self.every == 0 or index == self.total - 1):
             self.target["x_inter"].append(x)
             self.target["pred_x0"].append(x0_pred)
+
+
+class StepReport:
+    """What a sampler reports after every step: `callback(i, t, x, x0_pred)` and the logged `Intermediates`. The
+    callback is told the number of steps first (`announce_steps`), when the report is made."""
+
+    def __init__(self, callback: StepCallback | None, intermediates: dict | None, x_start: torch.Tensor,
+                 total_steps: int, log_every_t: int = 100):
+        self.callback = callback
+        self.log = Intermediates(intermediates, x_start, total_steps, log_every_t)
+        announce_steps(callback, total_steps)
+
+    @property
+    def active(self) -> bool:
+        """Whether anything listens (so a sampler can skip preparing what it would report)."""
+        return self.callback is not None or self.log.target is not None
+
+    def __call__(self, i: int, t: Any, x: torch.Tensor, x0_pred: torch.Tensor) -> None:
+        """Report step i (sampling order) at model timestep t with the new x and the step's x0 prediction."""
+        if self.callback is not None:
+            self.callback(i, t, x, x0_pred)
+        self.log(i, x, x0_pred)
+
+
+class TimestepRun:
+    """One sampling run over DDPM timesteps (ddpm, ddim, plms): the grid after img2img trimming, its abar tables, the
+    inpainting blend and the step reports; the timestep twin of `sigma_space.SigmaRun`.
+
+    A sampler loops `for i, k, t in run.steps()` (i in sampling order, k the index into `run.timesteps`, t the DDPM
+    index): `x = run.begin(k, x)` (mask blend), model calls, `run.end(i, t, x, x0_pred)`, and returns
+    `run.finish(x)`. `abar`, `abar_prev` (float64) and `sqrt_abar`, `sqrt_1m_abar` (x_T's dtype and device) are
+    indexed by k; the per-step coefficients are cast once, so the loop needs no host syncs.
+    """
+
+    def __init__(self, schedule: Any, x_T: torch.Tensor, steps: int | None, spacing: str = "uniform",
+                 timesteps: Sequence[int] | None = None, mask: torch.Tensor | None = None,
+                 x0: torch.Tensor | None = None, callback: StepCallback | None = None,
+                 generator: torch.Generator | None = None, intermediates: dict | None = None,
+                 log_every_t: int = 100, x_init: torch.Tensor | None = None, strength: float = 1.0,
+                 offset: int = 1):
+        self.schedule = as_schedule(schedule)
+        self.mask, self.x0 = check_inputs(x_T, mask, x0)
+        grid = select_timesteps(self.schedule.num_timesteps, steps, spacing, timesteps, offset)
+        self.timesteps, self.x_start = start_timesteps(self.schedule, grid, x_T, x_init, strength)
+        self.abar, self.abar_prev = step_alphas(self.schedule, self.timesteps)
+        self.sqrt_abar, self.sqrt_1m_abar = to_like(self.abar.sqrt(), x_T), to_like((1 - self.abar).sqrt(), x_T)
+        self.generator = generator
+        self.report = StepReport(callback, intermediates, self.x_start, len(self.timesteps), log_every_t)
+
+    def steps(self) -> Iterator[tuple[int, int, int]]:
+        """(i, k, t) for every step, noisiest first: i counts steps, k indexes the grid, t = timesteps[k]."""
+        for i, k in enumerate(reversed(range(len(self.timesteps)))):
+            yield i, k, self.timesteps[k]
+
+    def begin(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        """Before the step at grid index k: the known region (mask == 1) taken from x0 noised to that level."""
+        if self.mask is None:
+            return x
+        return blend_known(x, self.mask, self.x0, self.sqrt_abar[k], self.sqrt_1m_abar[k], self.generator)
+
+    def end(self, i: int, t: int, x: torch.Tensor, x0_pred: torch.Tensor) -> None:
+        """After step i at DDPM index t: report the new x and the step's x0 prediction."""
+        self.report(i, t, x, x0_pred)
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """The sample with the known region restored exactly."""
+        return restore_known(x, self.mask, self.x0)

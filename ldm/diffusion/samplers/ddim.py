@@ -7,10 +7,8 @@ from typing import Any
 import torch
 
 from ldm.diffusion.noise import randn_like
-from ldm.diffusion.parameterization import ModelFn, as_schedule, eps_from_x0
-from ldm.diffusion.samplers.base import (Intermediates, StepCallback, blend_known, check_inputs, check_timesteps,
-                                         make_denoiser, make_timesteps, start_timesteps, step_alphas, timestep_batch,
-                                         to_like)
+from ldm.diffusion.parameterization import ModelFn, eps_from_x0
+from ldm.diffusion.samplers.base import StepCallback, TimestepRun, make_denoiser, timestep_batch, to_like
 from ldm.diffusion.samplers.registry import register_sampler
 from ldm.diffusion.schedule import DiffusionSchedule
 
@@ -37,40 +35,26 @@ def sample_ddim(model_fn: ModelFn, schedule: DiffusionSchedule, x_T: torch.Tenso
     [-1, 1] and recomputes eps from it; `intermediates`, if a dict, receives 'x_inter' / 'pred_x0' lists.
     `x_init` / `strength`: img2img (`start_timesteps`).
     """
-    sched = as_schedule(schedule)
-    mask, x0 = check_inputs(x_T, mask, x0)
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
-    if timesteps is not None:
-        ts = check_timesteps(timesteps, sched.num_timesteps)
-    else:
-        ts = make_timesteps(ddim_discretize, sched.num_timesteps if steps is None else steps, sched.num_timesteps)
-    ts, x_start = start_timesteps(sched, ts, x_T, x_init, strength)
-    abar, abar_prev = step_alphas(sched, ts)
-    sigmas = ddim_sigmas(abar, abar_prev, eta)
+    run = TimestepRun(schedule, x_T, steps, ddim_discretize, timesteps, mask, x0, callback, generator, intermediates,
+                      log_every_t, x_init, strength)
+    sigmas = ddim_sigmas(run.abar, run.abar_prev, eta)
     # float64 per-step coefficients, cast once to x's dtype/device; indexed by Python ints below (no host syncs).
-    coef_x0 = to_like(abar_prev.sqrt(), x_T)
-    coef_eps = to_like((1 - abar_prev - sigmas ** 2).clamp(min=0).sqrt(), x_T)
+    coef_x0 = to_like(run.abar_prev.sqrt(), x_T)
+    coef_eps = to_like((1 - run.abar_prev - sigmas ** 2).clamp(min=0).sqrt(), x_T)
     coef_noise = to_like(sigmas * temperature, x_T)
-    sqrt_abar, sqrt_1m_abar = to_like(abar.sqrt(), x_T), to_like((1 - abar).sqrt(), x_T)
 
-    denoiser = make_denoiser(model_fn, sched, parameterization, uncond, guidance_scale, guidance_rescale)
-    log = Intermediates(intermediates, x_start, len(ts), log_every_t)
-    x = x_start
-    for i, k in enumerate(reversed(range(len(ts)))):
-        t = ts[k]
-        if mask is not None:
-            x = blend_known(x, mask, x0, sqrt_abar[k], sqrt_1m_abar[k], generator)
+    denoiser = make_denoiser(model_fn, run.schedule, parameterization, uncond, guidance_scale, guidance_rescale)
+    x = run.x_start
+    for i, k, t in run.steps():
+        x = run.begin(k, x)
         eps, x0_pred = denoiser(x, timestep_batch(x, t), cond)
         if clip_denoised:
             x0_pred = x0_pred.clamp(-1, 1)
-            eps = eps_from_x0(x, x0_pred, sqrt_abar[k], sqrt_1m_abar[k])
+            eps = eps_from_x0(x, x0_pred, run.sqrt_abar[k], run.sqrt_1m_abar[k])
         x = coef_x0[k] * x0_pred + coef_eps[k] * eps
         if eta > 0:
             x = x + coef_noise[k] * randn_like(x, generator)
-        if callback is not None:
-            callback(i, t, x, x0_pred)
-        log(i, x, x0_pred)
-    if mask is not None:
-        x = mask * x0 + (1 - mask) * x
-    return x
+        run.end(i, t, x, x0_pred)
+    return run.finish(x)

@@ -7,10 +7,8 @@ from typing import Any
 import torch
 
 from ldm.diffusion.noise import randn_like
-from ldm.diffusion.parameterization import ModelFn, as_schedule
-from ldm.diffusion.samplers.base import (Intermediates, StepCallback, blend_known, check_inputs, check_timesteps,
-                                         make_denoiser, make_timesteps, start_timesteps, step_alphas, timestep_batch,
-                                         to_like)
+from ldm.diffusion.parameterization import ModelFn
+from ldm.diffusion.samplers.base import StepCallback, TimestepRun, make_denoiser, timestep_batch, to_like
 from ldm.diffusion.samplers.registry import register_sampler
 from ldm.diffusion.schedule import DiffusionSchedule, posterior_coefficients
 
@@ -34,39 +32,24 @@ def sample_ddpm(model_fn: ModelFn, schedule: DiffusionSchedule, x_T: torch.Tenso
     (`start_timesteps`).
     """
     del eta  # part of the shared signature; ancestral DDPM has no eta
-    sched = as_schedule(schedule)
-    mask, x0 = check_inputs(x_T, mask, x0)
-    T = sched.num_timesteps
-    if timesteps is not None:
-        ts = check_timesteps(timesteps, T)
-    elif steps is None or steps == T:
-        ts = list(range(T))
-    else:
-        ts = make_timesteps("uniform", steps, T, offset=0)
-    ts, x_start = start_timesteps(sched, ts, x_T, x_init, strength)
-    abar, abar_prev = step_alphas(sched, ts)
-    post = posterior_coefficients(1 - abar / abar_prev, abar, abar_prev, sched.v_posterior)
+    # uniform spacing without offset: steps None (or T) is all T steps, fewer the respaced chain
+    run = TimestepRun(schedule, x_T, steps, "uniform", timesteps, mask, x0, callback, generator, intermediates,
+                      log_every_t, x_init, strength, offset=0)
+    abar, abar_prev = run.abar, run.abar_prev
+    post = posterior_coefficients(1 - abar / abar_prev, abar, abar_prev, run.schedule.v_posterior)
     coef_x0 = to_like(post["posterior_mean_coef1"], x_T)
     coef_xt = to_like(post["posterior_mean_coef2"], x_T)
     std = to_like((0.5 * post["posterior_log_variance_clipped"]).exp() * temperature, x_T)
-    sqrt_abar, sqrt_1m_abar = to_like(abar.sqrt(), x_T), to_like((1 - abar).sqrt(), x_T)
 
-    denoiser = make_denoiser(model_fn, sched, parameterization, uncond, guidance_scale, guidance_rescale)
-    log = Intermediates(intermediates, x_start, len(ts), log_every_t)
-    x = x_start
-    for i, k in enumerate(reversed(range(len(ts)))):
-        t = ts[k]
-        if mask is not None:
-            x = blend_known(x, mask, x0, sqrt_abar[k], sqrt_1m_abar[k], generator)
+    denoiser = make_denoiser(model_fn, run.schedule, parameterization, uncond, guidance_scale, guidance_rescale)
+    x = run.x_start
+    for i, k, t in run.steps():
+        x = run.begin(k, x)
         _, x0_pred = denoiser(x, timestep_batch(x, t), cond)
         if clip_denoised:
             x0_pred = x0_pred.clamp(-1, 1)
         x = coef_x0[k] * x0_pred + coef_xt[k] * x
         if t != 0:
             x = x + std[k] * randn_like(x, generator)
-        if callback is not None:
-            callback(i, t, x, x0_pred)
-        log(i, x, x0_pred)
-    if mask is not None:
-        x = mask * x0 + (1 - mask) * x
-    return x
+        run.end(i, t, x, x0_pred)
+    return run.finish(x)

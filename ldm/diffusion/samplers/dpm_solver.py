@@ -39,23 +39,7 @@ def sample_dpmpp_2m(model_fn: ModelFn, schedule: DiffusionSchedule, x_T: torch.T
     check_eta("dpmpp_2m", eta, stochastic=False)
     run = SigmaRun("dpmpp_2m", model_fn, schedule, x_T, steps, cond, uncond, guidance_scale, mask, x0, callback,
                    generator, parameterization, **opts)
-    s, x = run.sigmas, run.start()
-    old, h_last = None, None
-    for i in range(run.num_steps):
-        x = run.begin(i, x)
-        denoised = run.denoise(x, s[i])
-        if s[i + 1] == 0:
-            x = denoised
-        else:
-            h = math.log(s[i] / s[i + 1])
-            d = denoised
-            if old is not None:
-                w = h / (2 * h_last)  # 1 / (2r)
-                d = (1 + w) * denoised - w * old
-            x = (s[i + 1] / s[i]) * x - math.expm1(-h) * d
-            old, h_last = denoised, h
-        x = run.end(i, x, denoised)
-    return run.finish(x)
+    return multistep_2m(run, eta=0.0)
 
 
 @register_sampler("dpmpp_3m")
@@ -144,6 +128,14 @@ def sample_dpmpp_2m_sde(model_fn: ModelFn, schedule: DiffusionSchedule, x_T: tor
     eta = check_eta("dpmpp_2m_sde", eta, default=1.0)
     run = SigmaRun("dpmpp_2m_sde", model_fn, schedule, x_T, steps, cond, uncond, guidance_scale, mask, x0, callback,
                    generator, parameterization, **opts)
+    return multistep_2m(run, eta, s_noise)
+
+
+def multistep_2m(run: SigmaRun, eta: float = 0.0, s_noise: float = 1.0) -> torch.Tensor:
+    """The DPM-Solver++(2M) loop of dpmpp_2m (eta = 0, the ODE solver) and dpmpp_2m_sde: with g = eta h,
+    x = (sigma_t / sigma_s) e^-g x + (1 - e^(-h-g)) ((1 + 1/2r) D_i - (1/2r) D_{i-1}) + sigma_t sqrt(1 - e^-2g) z,
+    r = h_{i-1} / h_i (Lu et al. 2022b, Algorithm 2 at eta = 0); the first step is first order, the last one (to
+    sigma = 0) returns D."""
     s, x = run.sigmas, run.start()
     old, h_last = None, None
     for i in range(run.num_steps):
@@ -154,10 +146,11 @@ def sample_dpmpp_2m_sde(model_fn: ModelFn, schedule: DiffusionSchedule, x_T: tor
         else:
             h = math.log(s[i] / s[i + 1])
             g = eta * h
-            w = -math.expm1(-h - g)
-            x = (s[i + 1] / s[i] * math.exp(-g)) * x + w * denoised
+            d = denoised
             if old is not None:
-                x = x + (0.5 * w * h / h_last) * (denoised - old)
+                w = h / (2 * h_last)  # 1 / (2r)
+                d = (1 + w) * denoised - w * old
+            x = (s[i + 1] / s[i] * math.exp(-g)) * x - math.expm1(-h - g) * d
             if g > 0:
                 x = x + run.noise(x) * (s[i + 1] * math.sqrt(-math.expm1(-2 * g)) * s_noise)
             old, h_last = denoised, h

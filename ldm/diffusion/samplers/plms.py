@@ -8,11 +8,9 @@ from typing import Any
 
 import torch
 
-from ldm.diffusion.parameterization import ModelFn, as_schedule
-from ldm.diffusion.samplers.base import (DYNAMIC_THRESHOLD_RATIO, THRESHOLD_MAX_VALUE, Intermediates, StepCallback,
-                                         blend_known, check_inputs, check_timesteps, make_denoiser, make_timesteps,
-                                         resolve_thresholding, start_timesteps, step_alphas, threshold_x0,
-                                         timestep_batch, to_like)
+from ldm.diffusion.parameterization import ModelFn
+from ldm.diffusion.samplers.base import (DYNAMIC_THRESHOLD_RATIO, THRESHOLD_MAX_VALUE, StepCallback, TimestepRun,
+                                         make_denoiser, resolve_thresholding, threshold_x0, timestep_batch, to_like)
 from ldm.diffusion.samplers.registry import register_sampler
 from ldm.diffusion.schedule import DiffusionSchedule
 
@@ -42,19 +40,13 @@ def sample_plms(model_fn: ModelFn, schedule: DiffusionSchedule, x_T: torch.Tenso
     """
     if eta != 0:
         raise ValueError(f"plms is deterministic and takes eta = 0 only, got {eta} (the original raises too)")
-    sched = as_schedule(schedule)
-    mask, x0 = check_inputs(x_T, mask, x0)
-    T = sched.num_timesteps
-    ts = check_timesteps(timesteps, T) if timesteps is not None else \
-        make_timesteps(spacing, T if steps is None else steps, T)
-    ts, x_start = start_timesteps(sched, ts, x_T, x_init, strength)
-    abar, abar_prev = step_alphas(sched, ts)
-    coef_x0, coef_eps = to_like(abar_prev.sqrt(), x_T), to_like((1 - abar_prev).sqrt(), x_T)
-    sqrt_abar, sqrt_1m_abar = to_like(abar.sqrt(), x_T), to_like((1 - abar).sqrt(), x_T)
+    run = TimestepRun(schedule, x_T, steps, spacing, timesteps, mask, x0, callback, generator, intermediates,
+                      log_every_t, x_init, strength)
+    ts, sqrt_abar, sqrt_1m_abar = run.timesteps, run.sqrt_abar, run.sqrt_1m_abar
+    coef_x0, coef_eps = to_like(run.abar_prev.sqrt(), x_T), to_like((1 - run.abar_prev).sqrt(), x_T)
     thresholding = resolve_thresholding(thresholding, clip_denoised)
-    denoiser = make_denoiser(model_fn, sched, parameterization, uncond, guidance_scale, guidance_rescale,
+    denoiser = make_denoiser(model_fn, run.schedule, parameterization, uncond, guidance_scale, guidance_rescale,
                              thresholding, threshold_ratio, max_value)
-    log = Intermediates(intermediates, x_start, len(ts), log_every_t)
 
     def transfer(x: torch.Tensor, eps: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """DDIM (eta = 0) step from ts[k] to its predecessor with a given eps; returns (x_prev, x0_pred)."""
@@ -62,11 +54,9 @@ def sample_plms(model_fn: ModelFn, schedule: DiffusionSchedule, x_T: torch.Tenso
         x0_pred = threshold_x0((x - sqrt_1m_abar[k] * eps) / sqrt_abar[k], thresholding, threshold_ratio, max_value)
         return coef_x0[k] * x0_pred + coef_eps[k] * eps, x0_pred
 
-    x, old_eps = x_start, []  # old_eps: newest first, at most 3
-    for i, k in enumerate(reversed(range(len(ts)))):
-        t = ts[k]
-        if mask is not None:
-            x = blend_known(x, mask, x0, sqrt_abar[k], sqrt_1m_abar[k], generator)
+    x, old_eps = run.x_start, []  # old_eps: newest first, at most 3
+    for i, k, t in run.steps():
+        x = run.begin(k, x)
         eps, _ = denoiser(x, timestep_batch(x, t), cond)
         if not old_eps and k > 0:
             # pseudo improved Euler: average eps here and at the DDIM-predicted point of the next timestep
@@ -80,9 +70,5 @@ def sample_plms(model_fn: ModelFn, schedule: DiffusionSchedule, x_T: torch.Tenso
             eps_prime = eps
         x, x0_pred = transfer(x, eps_prime, k)
         old_eps = [eps] + old_eps[:2]
-        if callback is not None:
-            callback(i, t, x, x0_pred)
-        log(i, x, x0_pred)
-    if mask is not None:
-        x = mask * x0 + (1 - mask) * x
-    return x
+        run.end(i, t, x, x0_pred)
+    return run.finish(x)

@@ -21,9 +21,9 @@ import torch
 
 from ldm.diffusion.noise import randn_like
 from ldm.diffusion.parameterization import ModelFn, as_schedule, sigma_to_t
-from ldm.diffusion.samplers.base import (DYNAMIC_THRESHOLD_RATIO, THRESHOLD_MAX_VALUE, Intermediates, StepCallback,
+from ldm.diffusion.samplers.base import (DYNAMIC_THRESHOLD_RATIO, THRESHOLD_MAX_VALUE, StepCallback, StepReport,
                                          check_init, check_inputs, make_denoiser, noised_init, resolve_thresholding,
-                                         strength_steps)
+                                         restore_known, strength_steps)
 from ldm.diffusion.samplers.sigmas import KARRAS_RHO, make_sigmas
 from ldm.diffusion.schedule import DiffusionSchedule
 
@@ -98,8 +98,8 @@ class SigmaRun:
         thresholding = resolve_thresholding(o["thresholding"], o["clip_denoised"])
         self.denoiser = make_denoiser(model_fn, sched, parameterization, uncond, guidance_scale,
                                       o["guidance_rescale"], thresholding, o["threshold_ratio"], o["max_value"])
-        self.cond, self.callback, self.generator, self.quantize = cond, callback, generator, bool(o["quantize"])
-        self.log = Intermediates(o["intermediates"], self.x_T, self.num_steps, o["log_every_t"])
+        self.cond, self.generator, self.quantize = cond, generator, bool(o["quantize"])
+        self.report = StepReport(callback, o["intermediates"], self.x_T, self.num_steps, o["log_every_t"])
 
     @property
     def num_steps(self) -> int:
@@ -128,16 +128,10 @@ class SigmaRun:
 
     def end(self, i: int, x: torch.Tensor, x0_pred: torch.Tensor) -> torch.Tensor:
         """After step i: report x (VP scale at sigma_{i+1}) and the step's x0 prediction; returns x unchanged."""
-        if self.callback is not None or self.log.target is not None:
-            x_vp = x / math.sqrt(1 + self.sigmas[i + 1] ** 2)
-            if self.callback is not None:
-                self.callback(i, self.timesteps[i], x_vp, x0_pred)
-            self.log(i, x_vp, x0_pred)
+        if self.report.active:
+            self.report(i, self.timesteps[i], x / math.sqrt(1 + self.sigmas[i + 1] ** 2), x0_pred)
         return x
 
     def finish(self, x: torch.Tensor) -> torch.Tensor:
         """The VP sample at the last level (x itself at sigma = 0) with the known region restored exactly."""
-        x = x / math.sqrt(1 + self.sigmas[-1] ** 2)
-        if self.mask is not None:
-            x = self.mask * self.x0 + (1 - self.mask) * x
-        return x
+        return restore_known(x / math.sqrt(1 + self.sigmas[-1] ** 2), self.mask, self.x0)

@@ -16,8 +16,7 @@ import torch
 from torch import nn
 
 from ldm.diffusion.guidance import drop_conditioning
-from ldm.models.diffusion.first_stage import freeze
-from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
+from ldm.models.diffusion.first_stage import freeze, posterior_mode
 from ldm.util import ConfigError, instantiate_from_config
 
 FIRST_STAGE = "__is_first_stage__"
@@ -57,7 +56,7 @@ def encode_conditioning(cond_stage_model: nn.Module, c: Any, cond_stage_forward:
         return method(c)
     encode = getattr(cond_stage_model, "encode", None)
     out = encode(c) if callable(encode) else cond_stage_model(c)
-    return out.mode() if isinstance(out, DiagonalGaussianDistribution) else out
+    return posterior_mode(out)
 
 
 def image_from_batch(batch: Mapping[str, Any], key: str) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """The frozen first stage of latent diffusion: building it (with a clear error for a missing stage-1 checkpoint),
-freezing it, latents from its encoder output, and the 1/std latent scale of `scale_by_std`."""
+freezing it, latents from its encoder output (a sample, or the deterministic mode), and the 1/std latent scale of
+`scale_by_std`."""
 
 from __future__ import annotations
 
@@ -60,6 +61,20 @@ def latent_from_posterior(encoder_output: Any, generator: torch.Generator | None
         return encoder_output
     raise TypeError(f"encoder output of type {type(encoder_output).__name__} is not supported: expected a "
                     "DiagonalGaussianDistribution or a tensor")
+
+
+def posterior_mode(encoder_output: Any) -> Any:
+    """The deterministic reading of an encoder output: a Gaussian posterior's mode, anything else as it is."""
+    return encoder_output.mode() if isinstance(encoder_output, DiagonalGaussianDistribution) else encoder_output
+
+
+@torch.no_grad()
+def deterministic_latent(model: Any, images: torch.Tensor) -> torch.Tensor:
+    """float32 scale_factor x the posterior mode (KL) or the encoder's tensor (VQ / identity) of B,C,H,W images in
+    [-1, 1]: the deterministic diffusion latent of an image (img2img starts, inpainting's masked-image input), in
+    the scale of the model's diffusion latents (training uses a posterior sample, `latent_from_posterior`)."""
+    z = posterior_mode(model.encode_first_stage(images.to(model.device)))
+    return (model.scale_factor * z.float()).float()
 
 
 def latent_std(z: torch.Tensor, strategy: Any = None) -> torch.Tensor:

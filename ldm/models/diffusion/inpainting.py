@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from ldm.data.masks import MASK_KEY, MASKED_IMAGE_KEY, apply_mask
-from ldm.models.diffusion.conditioning import FIRST_STAGE, encode_conditioning, image_from_batch
+from ldm.models.diffusion.conditioning import FIRST_STAGE, image_from_batch
+from ldm.models.diffusion.first_stage import deterministic_latent
 from ldm.models.diffusion.latent_diffusion import LatentDiffusion
 from ldm.util import ConfigError
 
@@ -64,13 +65,6 @@ def latent_mask(mask: torch.Tensor, size: Sequence[int], mode: str = "nearest") 
     raise ValueError(f"unknown latent mask mode {mode!r}; expected one of {LATENT_MASK_MODES}")
 
 
-def first_stage_latent(model: Any, image: torch.Tensor) -> torch.Tensor:
-    """scale_factor x the first-stage latent of B,C,H,W images: the posterior mode (KL) or the encoder's tensor (VQ),
-    as the conditioner path encodes them; in the same scale as the model's diffusion latents."""
-    with torch.no_grad():
-        return model.scale_factor * encode_conditioning(model.first_stage_model, image.to(model.device)).float()
-
-
 def build_concat(model: Any, masked_image: torch.Tensor, mask: torch.Tensor, layout: ConcatLayout) -> torch.Tensor:
     """The concat conditioning B, C_z + 1, h, w of images B,3,H,W with pixel masks B,1,H,W (1 = hole) in `layout`."""
     if masked_image.dim() != 4 or mask.dim() != 4 or mask.shape[1] != 1:
@@ -80,7 +74,7 @@ def build_concat(model: Any, masked_image: torch.Tensor, mask: torch.Tensor, lay
         raise ValueError(f"mask {tuple(mask.shape)} does not match the image {tuple(masked_image.shape)} "
                          "(same batch size and height x width needed)")
     mask = mask.to(model.device).float()
-    z_masked = first_stage_latent(model, apply_mask(masked_image.to(model.device).float(), mask, layout.masked_fill))
+    z_masked = deterministic_latent(model, apply_mask(masked_image.to(model.device).float(), mask, layout.masked_fill))
     small = latent_mask(mask, z_masked.shape[-2:])
     parts = {MASK_KEY: small * 2 - 1 if layout.signed_mask else small, MASKED_IMAGE_KEY: z_masked}
     return torch.cat([parts[name] for name in layout.order], dim=1)
@@ -183,15 +177,10 @@ class LatentInpaintDiffusion(LatentDiffusion):
         """[z, c_concat] (+ [x, xrec], + [masked_image]) as `LatentDiffusion.get_input`, c from the batch's mask and
         masked image (SD `LatentInpaintDiffusion.get_input`)."""
         x = self.get_input_image(batch, bs).to(self.device)
-        z = self.get_first_stage_encoding(self.encode_first_stage(x)).detach().float()
         masked = image_from_batch(batch, self.masked_image_key)[:bs].to(self.device)
         c = self.inpainting_conditioning(masked, image_from_batch(batch, self.mask_key)[:bs])
-        out = [z, c]
-        if return_first_stage_outputs:
-            out.extend([x, self.decode_first_stage(z)])
-        if return_original_cond:
-            out.append(masked)
-        return out
+        return self.input_list(self.training_latent(x), c, x, masked, return_first_stage_outputs,
+                               return_original_cond)
 
     def unconditional_conditioning(self, n: int) -> Any:
         """Inpainting has no null conditioning (no classifier-free guidance)."""

@@ -189,12 +189,22 @@ class LatentDiffusion(DDPM):
         if bs is not None:
             x = x[:bs]
         x = x.to(self.device)
-        # float32 diffusion state even when the first stage ran under autocast (targets keep full precision)
-        z = self.get_first_stage_encoding(self.encode_first_stage(x)).detach().float()
+        z = self.training_latent(x)
         c = xc = None
         if self.model.conditioning_key is not None:
             xc = raw_conditioning(batch, cond_key or self.cond_stage_key, self.first_stage_key, x, self.device, bs)
             c = self.get_learned_conditioning(xc) if (not self.cond_stage_trainable or force_c_encode) else xc
+        return self.input_list(z, c, x, xc, return_first_stage_outputs, return_original_cond)
+
+    def training_latent(self, x: torch.Tensor) -> torch.Tensor:
+        """The diffusion state of training images x: scale_factor x a posterior sample, detached, float32 even when
+        the first stage ran under autocast (targets keep full precision)."""
+        return self.get_first_stage_encoding(self.encode_first_stage(x)).detach().float()
+
+    def input_list(self, z: torch.Tensor, c: Any, x: torch.Tensor, xc: Any, return_first_stage_outputs: bool,
+                   return_original_cond: bool) -> list:
+        """The original `get_input` return list: [z, c], + [x, decode(z)] with return_first_stage_outputs, + [xc]
+        with return_original_cond."""
         out = [z, c]
         if return_first_stage_outputs:
             out.extend([x, self.decode_first_stage(z)])

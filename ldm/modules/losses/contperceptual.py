@@ -66,10 +66,8 @@ class LPIPSWithDiscriminator(AdversarialLoss):
                 split: str = "train", weights: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(loss, log) of the generator (optimizer_idx 0) or the discriminator (1); log values are detached tensors."""
-        if optimizer_idx == 1:
+        if self.is_discriminator_step(optimizer_idx):
             return self.discriminator_step(inputs, reconstructions, global_step, cond, split)
-        if optimizer_idx != 0:
-            raise ValueError(f"optimizer_idx must be 0 (generator) or 1 (discriminator), got {optimizer_idx}")
 
         batch = inputs.shape[0]
         rec_loss = self.reconstruction_loss(inputs, reconstructions)
@@ -80,19 +78,14 @@ class LPIPSWithDiscriminator(AdversarialLoss):
         kl_loss = posteriors.kl()
         kl_loss = torch.sum(kl_loss) / kl_loss.shape[0]
 
-        g_loss, d_weight, disc_factor = self.generator_term(nll_loss, reconstructions, global_step, last_layer, cond)
-        loss = weighted_nll_loss + self.kl_weight * kl_loss
-        if disc_factor != 0.0:
-            loss = loss + d_weight * disc_factor * g_loss
-
+        loss, adversarial_log = self.add_generator_term(weighted_nll_loss + self.kl_weight * kl_loss, nll_loss,
+                                                        reconstructions, global_step, last_layer, cond, split)
         log = {
             f"{split}/total_loss": loss.detach().mean(),
             f"{split}/logvar": self.logvar.detach(),
             f"{split}/kl_loss": kl_loss.detach().mean(),
             f"{split}/nll_loss": nll_loss.detach().mean(),
             f"{split}/rec_loss": rec_loss.detach().mean(),
-            f"{split}/d_weight": d_weight.detach(),
-            f"{split}/disc_factor": torch.full((), disc_factor, device=inputs.device),
-            f"{split}/g_loss": g_loss.detach().mean(),
+            **adversarial_log,
         }
         return loss, log

@@ -117,6 +117,28 @@ class AdversarialLoss(nn.Module):
         d_weight = self.calculate_adaptive_weight(nll_loss, g_loss, last_layer)
         return g_loss, d_weight, disc_factor
 
+    def add_generator_term(self, loss: torch.Tensor, nll_loss: torch.Tensor, reconstructions: torch.Tensor,
+                           global_step: int, last_layer: torch.Tensor | None, cond: torch.Tensor | None,
+                           split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(loss + d_weight * disc_factor * g_loss, the log of `d_weight`, `disc_factor` and `g_loss`): the adversarial
+        part of a generator step (`generator_term`), the same for the KL and the VQ loss."""
+        g_loss, d_weight, disc_factor = self.generator_term(nll_loss, reconstructions, global_step, last_layer, cond)
+        if disc_factor != 0.0:
+            loss = loss + d_weight * disc_factor * g_loss
+        log = {
+            f"{split}/d_weight": d_weight.detach(),
+            f"{split}/disc_factor": torch.full((), disc_factor, device=reconstructions.device),
+            f"{split}/g_loss": g_loss.detach().mean(),
+        }
+        return loss, log
+
+    @staticmethod
+    def is_discriminator_step(optimizer_idx: int) -> bool:
+        """Whether `optimizer_idx` is the discriminator's (1) rather than the generator's (0); ValueError otherwise."""
+        if optimizer_idx not in (0, 1):
+            raise ValueError(f"optimizer_idx must be 0 (generator) or 1 (discriminator), got {optimizer_idx}")
+        return optimizer_idx == 1
+
     def discriminator_step(self, inputs: torch.Tensor, reconstructions: torch.Tensor, global_step: int,
                            cond: torch.Tensor | None, split: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """disc_factor * {hinge, vanilla}(D(x), D(x_rec.detach())) and its log (`disc_loss`, `logits_real/fake`)."""

@@ -80,10 +80,8 @@ class VQLPIPSWithDiscriminator(AdversarialLoss):
                 cond: torch.Tensor | None = None, split: str = "train",
                 predicted_indices: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(loss, log) of the generator (optimizer_idx 0) or the discriminator (1); log values are detached tensors."""
-        if optimizer_idx == 1:
+        if self.is_discriminator_step(optimizer_idx):
             return self.discriminator_step(inputs, reconstructions, global_step, cond, split)
-        if optimizer_idx != 0:
-            raise ValueError(f"optimizer_idx must be 0 (generator) or 1 (discriminator), got {optimizer_idx}")
 
         if codebook_loss is None:
             codebook_loss = torch.zeros(1, device=inputs.device)
@@ -96,20 +94,16 @@ class VQLPIPSWithDiscriminator(AdversarialLoss):
             p_loss = torch.zeros(1, device=inputs.device)
         nll_loss = torch.mean(rec_loss)
 
-        g_loss, d_weight, disc_factor = self.generator_term(nll_loss, reconstructions, global_step, last_layer, cond)
         loss = nll_loss + self.codebook_weight * codebook_loss.mean()
-        if disc_factor != 0.0:
-            loss = loss + d_weight * disc_factor * g_loss
-
+        loss, adversarial_log = self.add_generator_term(loss, nll_loss, reconstructions, global_step, last_layer, cond,
+                                                        split)
         log = {
             f"{split}/total_loss": loss.detach().mean(),
             f"{split}/quant_loss": codebook_loss.detach().mean(),
             f"{split}/nll_loss": nll_loss.detach().mean(),
             f"{split}/rec_loss": rec_loss.detach().mean(),
             f"{split}/p_loss": p_loss.detach().mean(),
-            f"{split}/d_weight": d_weight.detach(),
-            f"{split}/disc_factor": torch.full((), disc_factor, device=inputs.device),
-            f"{split}/g_loss": g_loss.detach().mean(),
+            **adversarial_log,
         }
         if predicted_indices is not None and self.n_classes is not None:
             with torch.no_grad():

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from ldm.diffusion.samplers.base import check_inputs, check_timesteps, make_timesteps, step_alphas
+from ldm.diffusion.samplers.base import (check_inputs, check_timesteps, make_timesteps, restore_known, select_timesteps,
+                                         step_alphas)
 from ldm.diffusion.schedule import DiffusionSchedule
 
 
@@ -50,3 +51,15 @@ def test_check_inputs():
         check_inputs(x, torch.ones(2, 1, 5, 4), torch.zeros_like(x))
     with pytest.raises(TypeError, match="floating-point"):
         check_inputs(torch.zeros(2, dtype=torch.long), None, None)
+
+
+def test_select_timesteps_and_restore_known():
+    assert select_timesteps(1000, None, offset=0) == list(range(1000))  # steps None: all T (ddpm)
+    assert select_timesteps(1000, 50) == make_timesteps("uniform", 50, 1000)
+    assert select_timesteps(1000, 50, "trailing", timesteps=[3, 7]) == [3, 7]  # explicit indices win
+    with pytest.raises(ValueError, match="ascending"):
+        select_timesteps(1000, None, timesteps=[7, 3])
+    x, x0 = torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2)
+    mask = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])
+    assert restore_known(x, None, None) is x
+    assert torch.equal(restore_known(x, mask, x0), mask)

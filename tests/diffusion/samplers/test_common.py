@@ -117,6 +117,33 @@ def test_callback_and_intermediates(ldm_schedule, gaussian, name):
     assert len(inter["x_inter"]) == len(inter["pred_x0"]) == 1 + 4  # x_T, then remaining index 9, 6, 3, 0
 
 
+class CountingCallback:
+    """A callback that wants the planned number of steps (`set_total`) and records when it was told."""
+
+    def __init__(self):
+        self.events = []
+
+    def set_total(self, total):
+        self.events.append(("total", total))
+
+    def __call__(self, i, t, x, x0):
+        self.events.append(("step", i))
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("strength", [1.0, 0.5])
+def test_samplers_announce_the_steps_they_run(ldm_schedule, gaussian, name, strength):
+    callback = CountingCallback()
+    x_T = torch.randn(2, 1, 4, 4)
+    x_init = torch.randn(2, 1, 4, 4) if strength < 1 else None
+    get_sampler(name)(gaussian(ldm_schedule), ldm_schedule, x_T, 3, callback=callback, x_init=x_init,
+                      strength=strength, generator=torch.Generator().manual_seed(0), **STOCHASTIC.get(name, {}))
+    (kind, total), steps = callback.events[0], callback.events[1:]
+    assert kind == "total" and steps == [("step", i) for i in range(total)]  # told once, before the first step
+    if name == "ddim" and strength == 1.0:
+        assert total == 4  # uniform spacing: range(0, 1000, 333) has 4 indices for steps=3, as the original
+
+
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_dtype_follows_x_T(ldm_schedule, gaussian, name, dtype):

@@ -1,11 +1,15 @@
-"""Tiny stage-2 configs, a recording stand-in UNet, fixed batches and a short fit loop for the diffusion model tests."""
+"""Tiny stage-2 configs, a recording stand-in UNet, fixed batches, a short fit loop and a CPU-sized stage-1
+checkpoint for the diffusion model tests (and the inference, scripts and main.py tests, which put this folder on
+sys.path)."""
 import copy
+import os
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 UNET = "ldm.modules.diffusionmodules.openaimodel.UNetModel"
 TINY_AE_DD = dict(double_z=True, z_channels=4, resolution=16, in_channels=3, out_ch=3, ch=32, ch_mult=[1, 2],
                   num_res_blocks=1, attn_resolutions=[], dropout=0.0)  # f = 2: 16 px images -> 8x8x4 latents
@@ -105,3 +109,20 @@ def fit(model, steps, batch_size=4, size=16, lr=1e-3, **trainer_kwargs):
                          limit_val_batches=0, **trainer_kwargs)
     trainer.fit(model, DataLoader(ShapesLike(n=batch_size, size=size), batch_size=batch_size))
     return trainer
+
+
+def cpu_stage1_checkpoint(path):
+    """Save a freshly initialised CPU-sized KL-f8 autoencoder (configs/overlays/cpu.yaml, ch 32) to `path` as stage 1
+    would write it (no loss weights); returns the autoencoder. Works from any working directory."""
+    from omegaconf import OmegaConf
+
+    from ldm.util import instantiate_from_config, load_configs
+
+    cfg = load_configs([os.path.join(ROOT, "configs", "autoencoder_kl_f8.yaml"),
+                        os.path.join(ROOT, "configs", "overlays", "cpu.yaml")])
+    params = OmegaConf.to_container(cfg.model.params, resolve=True)
+    ae = instantiate_from_config({"target": "ldm.models.autoencoder.AutoencoderKL",
+                                  "params": {"embed_dim": params["embed_dim"], "ddconfig": params["ddconfig"],
+                                             "lossconfig": {"target": "torch.nn.Identity"}}})
+    torch.save({"state_dict": ae.state_dict()}, path)
+    return ae

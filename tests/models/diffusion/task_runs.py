@@ -14,9 +14,8 @@ import sys
 from torch.utils.data import DataLoader
 
 from ldm.util import instantiate_from_config, load_configs
-from test_configs import cpu_stage1_checkpoint
+from diffusion_configs import ROOT, cpu_stage1_checkpoint
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 TASK_CONFIGS = ("ldm_inpainting", "ldm_sr")
 TINY = ["lightning.trainer.max_steps=2", "data.params.batch_size=2", "data.params.num_workers=0",
         "model.params.unet_config.params.model_channels=32", "lightning.trainer.num_sanity_val_steps=0",
@@ -38,12 +37,7 @@ def subprocess_env():
 def _base(tmp_path_factory):
     if "base" not in _CACHE:
         base = tmp_path_factory.mktemp("task_runs")
-        cwd = os.getcwd()
-        os.chdir(ROOT)  # the config paths of cpu_stage1_checkpoint are relative to the repository
-        try:
-            cpu_stage1_checkpoint(base / "ae.ckpt")
-        finally:
-            os.chdir(cwd)
+        cpu_stage1_checkpoint(base / "ae.ckpt")
         _CACHE["base"] = base
     return _CACHE["base"]
 

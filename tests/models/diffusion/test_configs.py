@@ -224,22 +224,11 @@ def test_ffhq_ldm_vq_4_model_section():
     assert model.sample(batch_size=1, steps=2).shape == (1, 3, 8, 8)
 
 
-def cpu_stage1_checkpoint(path):
-    """A checkpoint of the CPU-sized KL-f8 autoencoder of configs/overlays/cpu.yaml (ch 32)."""
-    cfg = load_configs(["configs/autoencoder_kl_f8.yaml", "configs/overlays/cpu.yaml"])
-    params = OmegaConf.to_container(cfg.model.params, resolve=True)
-    ae = instantiate_from_config({"target": "ldm.models.autoencoder.AutoencoderKL",
-                                  "params": {"embed_dim": params["embed_dim"], "ddconfig": params["ddconfig"],
-                                             "lossconfig": {"target": "torch.nn.Identity"}}})
-    torch.save({"state_dict": ae.state_dict()}, path)
-    return ae
-
-
 @pytest.mark.parametrize("name", ["ldm_txt2img", "ldm_cin", "ldm_uncond", "ddpm_pixel"])
 def test_our_configs_with_the_cpu_overlay(name, tmp_path, repo_root, monkeypatch):
     monkeypatch.chdir(repo_root)
     ckpt = tmp_path / "ae.ckpt"
-    ae = cpu_stage1_checkpoint(ckpt)
+    ae = dc.cpu_stage1_checkpoint(ckpt)
     files = [f"configs/{name}.yaml", "configs/overlays/cpu_ldm.yaml"]
     shrink = ["model.params.unet_config.params.model_channels=32", "model.context_dim=32"]
     if name == "ddpm_pixel":

@@ -3,10 +3,11 @@ import pytest
 import torch
 from torch import nn
 
-from ldm.models.diffusion.first_stage import (FIRST_STAGE_CKPT_KEY, check_first_stage_checkpoint, freeze,
-                                              instantiate_first_stage, latent_from_posterior, latent_std)
+from ldm.models.diffusion.first_stage import (FIRST_STAGE_CKPT_KEY, check_first_stage_checkpoint,
+                                              deterministic_latent, freeze, instantiate_first_stage,
+                                              latent_from_posterior, latent_std, posterior_mode)
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
-from ldm.util import ConfigError
+from ldm.util import ConfigError, instantiate_from_config
 
 import diffusion_configs as dc
 
@@ -44,3 +45,15 @@ def test_latents_and_std():
         latent_from_posterior([mean])
     z = 3 * torch.randn(1000)
     assert torch.isclose(latent_std(z), z.std())
+
+
+def test_deterministic_latent_is_the_scaled_posterior_mode():
+    mean = torch.randn(2, 4, 3, 3)
+    post = DiagonalGaussianDistribution(torch.cat([mean, torch.randn_like(mean)], 1))
+    assert torch.equal(posterior_mode(post), mean) and posterior_mode(mean) is mean
+    model = instantiate_from_config(dc.ldm_config("class", scale_factor=0.5))
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    z = deterministic_latent(model, images)
+    expected = 0.5 * model.first_stage_model.encode(images).mode()
+    assert z.dtype == torch.float32 and torch.allclose(z, expected)
+    assert torch.equal(deterministic_latent(model, images), z)  # no sampling

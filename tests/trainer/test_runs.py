@@ -1,0 +1,40 @@
+"""Loading a main.py run for inference: `load_inference_model` (also behind `ldm.inference.loading.load_model`)."""
+
+import torch
+from omegaconf import OmegaConf
+
+from ldm.trainer.runs import load_inference_model, load_model_from_run
+from ldm.util import instantiate_from_config
+
+
+def tiny_autoencoder_run(tmp_path, repo_root):
+    """(run folder, its config, the saved model) for the CPU-sized KL autoencoder, as main.py leaves a run."""
+    cfg = OmegaConf.merge(OmegaConf.load(f"{repo_root}/configs/autoencoder_kl_f8.yaml"),
+                          OmegaConf.load(f"{repo_root}/configs/overlays/cpu.yaml"))
+    run = tmp_path / "2026-01-01T00-00-00_tiny"
+    (run / "configs").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    OmegaConf.save(OmegaConf.masked_copy(cfg, ["model"]), run / "configs" / "2026-01-01T00-00-00-project.yaml")
+    model = instantiate_from_config(cfg.model)
+    torch.save({"state_dict": model.state_dict()}, run / "checkpoints" / "last.ckpt")
+    return run, cfg, model
+
+
+def test_load_inference_model_drops_losses_and_honours_eval_mode(tmp_path, repo_root):
+    run, cfg, reference = tiny_autoencoder_run(tmp_path, repo_root)
+    model = load_inference_model(cfg, str(run / "checkpoints" / "last.ckpt"), eval_mode=False)
+    assert isinstance(model.loss, torch.nn.Identity) and model.training
+    key = "decoder.conv_out.weight"
+    assert torch.equal(model.state_dict()[key], reference.state_dict()[key])
+
+
+def test_load_model_from_run_takes_another_checkpoint(tmp_path, repo_root):
+    run, _, reference = tiny_autoencoder_run(tmp_path, repo_root)
+    key = "decoder.conv_out.weight"
+    state = {k: v.clone() for k, v in reference.state_dict().items()}
+    state[key] = state[key] + 1
+    other = run / "checkpoints" / "epoch=1.ckpt"
+    torch.save({"state_dict": state}, other)
+    model, config = load_model_from_run(str(run), checkpoint=str(other))
+    assert not model.training and config.model.target.endswith("AutoencoderKL")
+    assert torch.equal(model.state_dict()[key], state[key])
