@@ -1,6 +1,9 @@
 #!/usr/bin/env python
 """Reconstruct held-out images with a trained first-stage model: a grid (inputs over reconstructions) and metrics.
 
+Metrics: L1 and PSNR; on the shapes data also the shapes checker's accuracy on the reconstructions (how much of
+each caption's colour, shape, size and position survives the autoencoder: the ceiling for a stage-2 model on it).
+
     python scripts/reconstruct.py -r logs/<run> [--n 8] [--out logs/<run>/reconstructions.png]
 """
 
@@ -58,6 +61,12 @@ def main(argv: list[str] | None = None) -> dict:
     out = args.out or os.path.join(run, "reconstructions.png")
     grid_image([x, rec]).save(out)
     metrics = {"images": len(items), "l1": round(l1, 4), "psnr_db": round(psnr, 2), "grid": out}
+    if all("caption" in it for it in items) and type(dataset).__module__ == "ldm.data.shapes":
+        # shapes data: does the checker still read each caption's attributes off the reconstruction?
+        from ldm.eval.shapes import accuracy
+
+        acc = accuracy(rec.clamp(-1, 1).cpu(), [it["caption"] for it in items])
+        metrics["shapes_accuracy"] = {k: round(v, 3) for k, v in acc.items() if k != "n"}
     print(json.dumps(metrics))
     return metrics
 

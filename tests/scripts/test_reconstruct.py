@@ -16,11 +16,12 @@ def load_script(repo_root):
     return module
 
 
-def make_run(tmp_path, repo_root):
+def make_run(tmp_path, repo_root, source="photos"):
     """A run folder as main.py leaves it: configs/<now>-project.yaml and checkpoints/last.ckpt."""
     cfg = OmegaConf.merge(OmegaConf.load(f"{repo_root}/configs/autoencoder_kl_f8.yaml"),
                           OmegaConf.load(f"{repo_root}/configs/overlays/cpu.yaml"))
     cfg.data.params.validation.params.size = 32
+    cfg.data.params.validation.params.source = source
     run = tmp_path / "2026-01-01T00-00-00_tiny"
     (run / "configs").mkdir(parents=True)
     (run / "checkpoints").mkdir()
@@ -37,6 +38,15 @@ def test_reconstruct_writes_grid_and_metrics(tmp_path, repo_root, capsys):
     grid = Image.open(run / "reconstructions.png")
     assert grid.size == (3 * 32, 2 * 32)
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["grid"].endswith("reconstructions.png")
+    assert "shapes_accuracy" not in metrics
+
+
+def test_reconstruct_scores_shapes_with_the_checker(tmp_path, repo_root):
+    run, _ = make_run(tmp_path, repo_root, source="shapes")
+    metrics = load_script(repo_root).main(["-r", str(run), "--n", "2"])
+    acc = metrics["shapes_accuracy"]
+    assert set(acc) >= {"color", "shape", "size", "position", "all", "found"}
+    assert all(0.0 <= v <= 1.0 for v in acc.values())
 
 
 def test_run_loading_drops_training_losses(tmp_path, repo_root):

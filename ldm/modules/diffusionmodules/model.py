@@ -9,8 +9,16 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def Normalize(in_channels: int, num_groups: int = 32) -> nn.GroupNorm:
-    """GroupNorm(32, eps=1e-6) used throughout the first-stage networks."""
+# GroupNorm groups of the original networks. A narrow model (the CPU overlay's ch 32) may want fewer: with as many
+# groups as channels GroupNorm becomes a per-channel InstanceNorm, which on a plain background with one small object
+# normalises away each channel's contrast and leaves the networks nearly colour-blind.
+NORM_NUM_GROUPS = 32
+
+
+def Normalize(in_channels: int, num_groups: int = NORM_NUM_GROUPS) -> nn.GroupNorm:
+    """GroupNorm(32, eps=1e-6) used throughout the first-stage networks (`num_groups` for narrow models)."""
+    if in_channels % num_groups:
+        raise ValueError(f"norm_num_groups={num_groups} must divide every block's channel count, got {in_channels}")
     return nn.GroupNorm(num_groups=num_groups, num_channels=in_channels, eps=1e-6, affine=True)
 
 
@@ -53,18 +61,18 @@ class ResnetBlock(nn.Module):
     """Pre-activation residual block (GroupNorm-SiLU-conv x2) with optional timestep projection and 1x1/3x3 shortcut."""
 
     def __init__(self, *, in_channels: int, out_channels: int | None = None, conv_shortcut: bool = False,
-                 dropout: float = 0.0, temb_channels: int = 512):
+                 dropout: float = 0.0, temb_channels: int = 512, norm_num_groups: int = NORM_NUM_GROUPS):
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.use_conv_shortcut = conv_shortcut
 
-        self.norm1 = Normalize(in_channels)
+        self.norm1 = Normalize(in_channels, norm_num_groups)
         self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
         if temb_channels > 0:
             self.temb_proj = nn.Linear(temb_channels, out_channels)
-        self.norm2 = Normalize(out_channels)
+        self.norm2 = Normalize(out_channels, norm_num_groups)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=1, padding=1)
         if in_channels != out_channels:
@@ -86,10 +94,10 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head spatial self-attention over all H*W positions with 1x1-conv q/k/v/proj_out, via SDPA."""
 
-    def __init__(self, in_channels: int):
+    def __init__(self, in_channels: int, norm_num_groups: int = NORM_NUM_GROUPS):
         super().__init__()
         self.in_channels = in_channels
-        self.norm = Normalize(in_channels)
+        self.norm = Normalize(in_channels, norm_num_groups)
         self.q = nn.Conv2d(in_channels, in_channels, kernel_size=1)
         self.k = nn.Conv2d(in_channels, in_channels, kernel_size=1)
         self.v = nn.Conv2d(in_channels, in_channels, kernel_size=1)
@@ -108,10 +116,10 @@ class AttnBlock(nn.Module):
         return x + out.transpose(1, 2).reshape(b, c, height, width)
 
 
-def make_attn(in_channels: int, attn_type: str = "vanilla") -> nn.Module:
+def make_attn(in_channels: int, attn_type: str = "vanilla", norm_num_groups: int = NORM_NUM_GROUPS) -> nn.Module:
     """Attention block by name: "vanilla" (AttnBlock) or "none" (identity)."""
     if attn_type == "vanilla":
-        return AttnBlock(in_channels)
+        return AttnBlock(in_channels, norm_num_groups)
     if attn_type == "none":
         return nn.Identity()
     raise ValueError(f"attn_type '{attn_type}' is not supported (use 'vanilla' or 'none')")
@@ -125,12 +133,16 @@ def _check_resolution(resolution: int, num_resolutions: int, what: str) -> None:
 
 
 class Encoder(nn.Module):
-    """Image -> latent moments: conv_in, per-level ResnetBlocks (+AttnBlocks at attn_resolutions) and Downsample, mid."""
+    """Image -> latent moments: conv_in, per-level ResnetBlocks (+AttnBlocks at attn_resolutions) and Downsample, mid.
+
+    `norm_num_groups` (not in the original; default 32 as there) sets the GroupNorm groups, see NORM_NUM_GROUPS.
+    """
 
     def __init__(self, *, ch: int, out_ch: int, ch_mult: Sequence[int] = (1, 2, 4, 8), num_res_blocks: int,
                  attn_resolutions: Sequence[int], dropout: float = 0.0, resamp_with_conv: bool = True,
                  in_channels: int, resolution: int, z_channels: int, double_z: bool = True,
-                 use_linear_attn: bool = False, attn_type: str = "vanilla", **ignore_kwargs):
+                 use_linear_attn: bool = False, attn_type: str = "vanilla",
+                 norm_num_groups: int = NORM_NUM_GROUPS, **ignore_kwargs):
         super().__init__()
         if use_linear_attn:
             raise NotImplementedError("use_linear_attn is not supported; use attn_type 'vanilla' (SDPA) or 'none'")
@@ -155,10 +167,10 @@ class Encoder(nn.Module):
             block_out = ch * ch_mult[i_level]
             for _ in range(num_res_blocks):
                 block.append(ResnetBlock(in_channels=block_in, out_channels=block_out, temb_channels=self.temb_ch,
-                                         dropout=dropout))
+                                         dropout=dropout, norm_num_groups=norm_num_groups))
                 block_in = block_out
                 if curr_res in attn_resolutions:
-                    attn.append(make_attn(block_in, attn_type))
+                    attn.append(make_attn(block_in, attn_type, norm_num_groups))
             level = nn.Module()
             level.block = block
             level.attn = attn
@@ -169,11 +181,11 @@ class Encoder(nn.Module):
 
         self.mid = nn.Module()
         self.mid.block_1 = ResnetBlock(in_channels=block_in, out_channels=block_in, temb_channels=self.temb_ch,
-                                       dropout=dropout)
-        self.mid.attn_1 = make_attn(block_in, attn_type)
+                                       dropout=dropout, norm_num_groups=norm_num_groups)
+        self.mid.attn_1 = make_attn(block_in, attn_type, norm_num_groups)
         self.mid.block_2 = ResnetBlock(in_channels=block_in, out_channels=block_in, temb_channels=self.temb_ch,
-                                       dropout=dropout)
-        self.norm_out = Normalize(block_in)
+                                       dropout=dropout, norm_num_groups=norm_num_groups)
+        self.norm_out = Normalize(block_in, norm_num_groups)
         self.conv_out = nn.Conv2d(block_in, 2 * z_channels if double_z else z_channels, kernel_size=3, stride=1,
                                   padding=1)
 
@@ -196,12 +208,14 @@ class Decoder(nn.Module):
     """Latent -> image: conv_in, mid, per-level (num_res_blocks + 1) ResnetBlocks (+attn) and Upsample, conv_out.
 
     `up` is indexed by resolution level (up[0] is the full-resolution level), as in CompVis checkpoints.
+    `norm_num_groups` as in `Encoder`.
     """
 
     def __init__(self, *, ch: int, out_ch: int, ch_mult: Sequence[int] = (1, 2, 4, 8), num_res_blocks: int,
                  attn_resolutions: Sequence[int], dropout: float = 0.0, resamp_with_conv: bool = True,
                  in_channels: int, resolution: int, z_channels: int, give_pre_end: bool = False,
-                 tanh_out: bool = False, use_linear_attn: bool = False, attn_type: str = "vanilla", **ignorekwargs):
+                 tanh_out: bool = False, use_linear_attn: bool = False, attn_type: str = "vanilla",
+                 norm_num_groups: int = NORM_NUM_GROUPS, **ignorekwargs):
         super().__init__()
         if use_linear_attn:
             raise NotImplementedError("use_linear_attn is not supported; use attn_type 'vanilla' (SDPA) or 'none'")
@@ -223,10 +237,10 @@ class Decoder(nn.Module):
         self.conv_in = nn.Conv2d(z_channels, block_in, kernel_size=3, stride=1, padding=1)
         self.mid = nn.Module()
         self.mid.block_1 = ResnetBlock(in_channels=block_in, out_channels=block_in, temb_channels=self.temb_ch,
-                                       dropout=dropout)
-        self.mid.attn_1 = make_attn(block_in, attn_type)
+                                       dropout=dropout, norm_num_groups=norm_num_groups)
+        self.mid.attn_1 = make_attn(block_in, attn_type, norm_num_groups)
         self.mid.block_2 = ResnetBlock(in_channels=block_in, out_channels=block_in, temb_channels=self.temb_ch,
-                                       dropout=dropout)
+                                       dropout=dropout, norm_num_groups=norm_num_groups)
 
         levels: list[nn.Module] = []
         for i_level in reversed(range(self.num_resolutions)):
@@ -235,10 +249,10 @@ class Decoder(nn.Module):
             block_out = ch * ch_mult[i_level]
             for _ in range(num_res_blocks + 1):
                 block.append(ResnetBlock(in_channels=block_in, out_channels=block_out, temb_channels=self.temb_ch,
-                                         dropout=dropout))
+                                         dropout=dropout, norm_num_groups=norm_num_groups))
                 block_in = block_out
                 if curr_res in attn_resolutions:
-                    attn.append(make_attn(block_in, attn_type))
+                    attn.append(make_attn(block_in, attn_type, norm_num_groups))
             level = nn.Module()
             level.block = block
             level.attn = attn
@@ -248,7 +262,7 @@ class Decoder(nn.Module):
             levels.insert(0, level)  # keep `up` ordered by resolution level, not by execution order
         self.up = nn.ModuleList(levels)
 
-        self.norm_out = Normalize(block_in)
+        self.norm_out = Normalize(block_in, norm_num_groups)
         self.conv_out = nn.Conv2d(block_in, out_ch, kernel_size=3, stride=1, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -89,3 +89,16 @@ def test_bad_shapes_raise_clear_errors():
         enc(torch.randn(1, 1, 64, 64))
     with pytest.raises(ValueError, match="not divisible"):
         Encoder(**ddconfig(8, resolution=60))
+
+
+def test_norm_num_groups_sets_every_groupnorm_and_keeps_the_state_dict():
+    """Default 32 as the original; a narrow model may use fewer groups (same parameters, so checkpoints still load)."""
+    cfg = ddconfig(8)
+    default, narrow = Encoder(**cfg), Encoder(**cfg, norm_num_groups=8)
+    groups = {m.num_groups for m in default.modules() if isinstance(m, torch.nn.GroupNorm)}
+    assert groups == {32}
+    for net in (narrow, Decoder(**cfg, norm_num_groups=8)):
+        assert {m.num_groups for m in net.modules() if isinstance(m, torch.nn.GroupNorm)} == {8}
+    narrow.load_state_dict(default.state_dict())
+    with pytest.raises(ValueError, match="norm_num_groups=24"):
+        Encoder(**cfg, norm_num_groups=24)
