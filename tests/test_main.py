@@ -120,6 +120,25 @@ def test_autoencoder_kl_trains_and_resumes_through_main(tmp_path, capsys):
     assert state["global_step"] == 6 and len(state["optimizer_states"]) == 2
 
 
+def test_vq_autoencoder_trains_logs_codebook_health_and_resumes(tmp_path, capsys):
+    """VQModel (vq-f8 + the CPU overlay) through main.py: codebook usage in the metrics, then -r continues."""
+    logs = tmp_path / "logs"
+    base = [os.path.join(ROOT, "configs", "autoencoder_vq_f8.yaml"),
+            os.path.join(ROOT, "configs", "overlays", "cpu.yaml")]
+    code = main.main(["-b", *base, "-t", "-l", str(logs), "--logger", "csv", *AE_TINY,
+                      "model.params.ddconfig.attn_resolutions=[]", "model.params.n_embed=64",
+                      "lightning.trainer.max_steps=2", "lightning.trainer.val_check_interval=2",
+                      "lightning.trainer.log_every_n_steps=1"])
+    assert code == 0
+    run = only_run_folder(logs)
+    assert _global_step(run) == 4  # generator + discriminator step per batch
+    with open(os.path.join(run, "metrics.csv")) as f:
+        header = next(csv.reader(f))
+    assert any("perplexity" in k for k in header) and any("dead" in k or "usage" in k for k in header), header
+    assert main.main(["-r", run, "-t", "lightning.trainer.max_steps=3"]) == 0
+    assert _global_step(run) == 6
+
+
 # ------------------------------------------------------------------------------------------------ subprocess
 @pytest.mark.slow
 def test_train_then_resume_continues_at_the_saved_step(tmp_path):
