@@ -83,7 +83,7 @@ def main() -> None:
         cmd.append(f"lightning.trainer.max_steps={args.stage2_steps}")
     run(cmd)
     ldm_run = newest_run(args.logdir, "demo_txt2img", stage2_start)
-    samples = os.path.join(ldm_run, "samples")
+    samples = os.path.join(ldm_run, "txt2img")  # txt2img.py writes <outdir>/samples/*.png and <outdir>/grid-*.png
     run([sys.executable, "scripts/txt2img.py", "-r", ldm_run, "--from-file", PROMPTS_FILE, "--n_samples", "4",
          "--sampler", "dpmpp_2m", "--steps", "20", "--scale", "3", "--outdir", samples])
     run([sys.executable, "scripts/eval_shapes.py", "-r", ldm_run, "--n", str(args.eval_n), "--sampler", "ddim",
@@ -99,7 +99,7 @@ def main() -> None:
     if curve:
         print(f"val/rec_loss:      {curve[0]:.4f} (first validation) -> {curve[-1]:.4f} (last)")
     print(f"stage 2 run:       {rel(ldm_run)}  (training grids under images/)")
-    print(f"samples:           {rel(samples)}/ (one PNG per image + grids, prompts in the PNG metadata)")
+    print(f"samples:           {rel(samples)}/ (grid-*.png, and samples/ with the prompt and seed in each PNG)")
     print(f"checker accuracy:  color {acc['color']:.0%} (chance 25%), shape {acc['shape']:.0%} (33%), "
           f"size {acc['size']:.0%} (50%), position {acc['position']:.0%} (20%) on {acc['n']} samples; "
           f"grid {rel(os.path.join(ldm_run, 'eval_shapes.png'))}")

@@ -171,5 +171,6 @@ def build_perceptual_loss(perceptual_weight: float, random_trunk: bool = False,
     if perceptual_weight < 0:
         raise ConfigError(f"perceptual_weight must be >= 0, got {perceptual_weight}")
     if perceptual_weight == 0:
+        log.warning("perceptual_weight is 0: training without a perceptual loss (pixel loss only)")
         return None
     return LPIPS(random_trunk=random_trunk, vgg_path=vgg_path)
