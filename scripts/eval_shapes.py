@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"unknown sampler {args.sampler!r}; available: {', '.join(available_samplers())}")
 
     from ldm.eval.shapes_model import CHANCE, evaluate
+    from ldm.files import atomic_write
     from ldm.trainer.image_logger import image_grid
     from ldm.trainer.runs import load_model_from_run
     from PIL import Image
@@ -53,10 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     Image.fromarray(image_grid(images, nrow=8)).save(prefix + ".png")
     result = {"accuracy": acc, "chance": CHANCE, "sampler": args.sampler, "steps": args.steps, "scale": args.scale,
               "seed": args.seed, "ema": args.ema, "captions": captions, "grid": prefix + ".png"}
-    tmp = prefix + ".json.tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, prefix + ".json")
+    atomic_write(prefix + ".json", lambda f: f.write(json.dumps(result, indent=1).encode()))
     print(" ".join(f"{k}={acc[k]:.3f}" for k in ("color", "shape", "size", "position", "all", "found")) +
           f"  (n={acc['n']}, {args.sampler} {args.steps} steps, scale {args.scale})")
     print(f"grid: {prefix}.png  results: {prefix}.json")

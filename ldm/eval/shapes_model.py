@@ -15,6 +15,7 @@ import torch
 
 from ldm.data.shapes import NUM_CLASSES, attributes_for_class, caption_for, class_label_for, parse_caption
 from ldm.eval.shapes import accuracy
+from ldm.inference.codec import decode_latents
 
 CHANCE = {"shape": 1 / 3, "color": 1 / 4, "size": 1 / 2, "position": 1 / 5}
 
@@ -55,7 +56,7 @@ def generate(model: Any, captions: Sequence[str], sampler: str = "ddim", steps: 
         z = model.sample(cond=cond, batch_size=len(chunk), sampler=sampler, steps=steps, use_ema=use_ema,
                          unconditional_conditioning=uncond, unconditional_guidance_scale=scale,
                          generator=generator, **sampler_opts)
-        out.append(model.decode_to_image(z).float().clamp(-1, 1).cpu())
+        out.append(decode_latents(model, z).cpu())
     return torch.cat(out)
 
 
