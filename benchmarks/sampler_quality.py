@@ -30,7 +30,7 @@ the sigma-space samplers use their default Karras grid. Throughput vs diffusers:
     python benchmarks/sampler_quality.py --logdir logs/<run> --out logs/<run>/sampler_quality.png      # full: GPU
     python benchmarks/sampler_quality.py --logdir logs/<run> --threads 1 --n 16 --ref-steps 200 \
         --steps 5 10 20 100 --samplers ddim dpmpp_2m euler_a unipc --out /tmp/sq.png
-        # ~5 minutes on 2 busy CPU cores for the CPU-sized model (configs/overlays/cpu_ldm.yaml, 8x8x4 latents)
+        # ~5 minutes on 2 busy CPU cores for the CPU-sized model (configs/overlays/cpu.yaml, 8x8x4 latents)
 """
 
 from __future__ import annotations

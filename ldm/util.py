@@ -39,12 +39,53 @@ class ConfigError(ValueError):
     """A config is wrong; the message names the key path (e.g. `model.params.lossconfig`) and the file it came from."""
 
 
+# Top-level key of a config file that holds sections for some kinds of model only: `{class path: config}`. A
+# section is merged (right after its file) when the model's `model.target` is that class or a subclass, so one
+# overlay (configs/overlays/cpu.yaml) can size an autoencoder and a diffusion model differently.
+FOR_MODEL_KEY = "for_model"
+
+
+def _model_class(merged: DictConfig, path: str) -> type:
+    """The class named by `model.target` of the files merged so far (needed by `path`'s `for_model` sections)."""
+    target = OmegaConf.select(merged, "model.target", default=None)
+    if target is None:
+        raise ConfigError(f"{path}: its '{FOR_MODEL_KEY}' sections depend on model.target, which no earlier config "
+                          "file sets (put this file after the model's config in --base)")
+    try:
+        return get_obj_from_str(LEGACY_TARGETS.get(str(target), str(target)))
+    except Exception as err:
+        raise ConfigError(f"{_where('model.target')}: cannot import '{target}': {err}") from err
+
+
+def _model_sections(path: str, sections: Any, merged: DictConfig) -> list[tuple[str, DictConfig]]:
+    """(source name, config) of every section of `path`'s `for_model` that applies to the merged model."""
+    if not isinstance(sections, DictConfig):
+        raise ConfigError(f"{path}: '{FOR_MODEL_KEY}' must map model classes to configs, got {type(sections).__name__}")
+    model_class = _model_class(merged, path)
+    chosen = []
+    for class_path, section in sections.items():
+        try:
+            section_class = get_obj_from_str(str(class_path))
+        except Exception as err:
+            raise ConfigError(f"{path}: {FOR_MODEL_KEY}.{class_path}: cannot import '{class_path}': {err}") from err
+        if inspect.isclass(section_class) and issubclass(model_class, section_class):
+            chosen.append((f"{path} ({FOR_MODEL_KEY}: {class_path})", section))
+    if not chosen:
+        raise ConfigError(f"{path}: none of its '{FOR_MODEL_KEY}' sections ({', '.join(map(str, sections.keys()))}) "
+                          f"applies to model.target {model_class.__module__}.{model_class.__qualname__}")
+    return chosen
+
+
 def load_configs(paths: list[str], dotlist: list[str] | None = None) -> DictConfig:
-    """Load YAML files and merge them left to right, then apply `a.b=c` overrides; remember which file said what."""
+    """Load YAML files and merge them left to right, then apply `a.b=c` overrides; remember which file said what.
+
+    A file's `for_model` sections that match the model (see FOR_MODEL_KEY) are merged right after that file; the
+    result has no `for_model` key.
+    """
     import os
 
-    loaded = []
     _CONFIG_SOURCES.clear()
+    merged = OmegaConf.create()
     for path in paths:
         if not os.path.isfile(path):
             raise ConfigError(f"config file not found: {path}")
@@ -52,9 +93,13 @@ def load_configs(paths: list[str], dotlist: list[str] | None = None) -> DictConf
             cfg = OmegaConf.load(path)
         except Exception as err:  # YAML syntax errors carry line numbers; keep them
             raise ConfigError(f"cannot parse config file {path}: {err}") from err
+        sections = cfg.pop(FOR_MODEL_KEY, None) if isinstance(cfg, DictConfig) else None
         _CONFIG_SOURCES.append((path, cfg))
-        loaded.append(cfg)
-    merged = OmegaConf.merge(*loaded) if loaded else OmegaConf.create()
+        merged = OmegaConf.merge(merged, cfg)
+        if sections is not None:
+            for source, section in _model_sections(path, sections, merged):
+                _CONFIG_SOURCES.append((source, section))
+                merged = OmegaConf.merge(merged, section)
     if dotlist:
         overrides = OmegaConf.from_dotlist(list(dotlist))
         _CONFIG_SOURCES.append(("<command line>", overrides))

@@ -76,7 +76,7 @@ def main() -> None:
     ae_minutes = (time.time() - start) / 60
 
     stage2_start = time.time()
-    cmd = [sys.executable, "main.py", "--base", "configs/ldm_txt2img.yaml", "configs/overlays/cpu_ldm.yaml", "-t",
+    cmd = [sys.executable, "main.py", "--base", "configs/ldm_txt2img.yaml", "configs/overlays/cpu.yaml", "-t",
            "-n", "demo_txt2img", "-l", args.logdir,
            f"model.params.first_stage_config.params.ckpt_path={os.path.join(ae_run, 'checkpoints', 'last.ckpt')}"]
     if args.stage2_steps:

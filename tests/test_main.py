@@ -238,7 +238,7 @@ def test_latent_diffusion_trains_from_a_stage1_checkpoint_and_resumes(tmp_path, 
     ae = tmp_path / "ae.ckpt"
     cpu_stage1_checkpoint(ae)
     logs = tmp_path / "logs"
-    base = [os.path.join(ROOT, "configs", "ldm_txt2img.yaml"), os.path.join(ROOT, "configs", "overlays", "cpu_ldm.yaml")]
+    base = [os.path.join(ROOT, "configs", "ldm_txt2img.yaml"), os.path.join(ROOT, "configs", "overlays", "cpu.yaml")]
     code = main.main(["-b", *base, "-t", "-l", str(logs), "--logger", "csv", *LDM_TINY,
                       f"model.params.first_stage_config.params.ckpt_path={ae}",
                       "lightning.trainer.max_steps=2", "lightning.trainer.val_check_interval=2"])

@@ -95,3 +95,58 @@ def test_class_that_swallows_kwargs_accepts_any_key():
     obj = instantiate_from_config({"target": "ldm.models.autoencoder.IdentityFirstStage",
                                    "params": {"embed_dim": 4, "ddconfig": {}, "vq_interface": True}})
     assert obj.vq_interface is True
+
+
+def _write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def test_for_model_sections_apply_by_class_in_file_order(tmp_path):
+    base = _write(tmp_path / "base.yaml", f"model:\n  target: {__name__}.Child\n  params:\n    disc_start: 1\n")
+    overlay = _write(tmp_path / "overlay.yaml",
+                     "shared: 1\nfor_model:\n"
+                     f"  {__name__}.Base:\n    model: {{params: {{disc_start: 5, kl_weight: 0.5}}}}\n"
+                     f"  {__name__}.Outer:\n    model: {{params: {{disc_start: 9}}}}\n"
+                     f"  {__name__}.Child:\n    model: {{params: {{extra: 3}}}}\n")
+    later = _write(tmp_path / "later.yaml", "model:\n  params:\n    kl_weight: 0.25\n")
+    cfg = load_configs([base, overlay, later], ["model.params.extra=4"])
+    # Base and Child (a subclass match and an exact one) apply, Outer does not; later files and the command line win.
+    assert OmegaConf.to_container(cfg.model.params) == {"disc_start": 5, "kl_weight": 0.25, "extra": 4}
+    assert cfg.shared == 1 and "for_model" not in cfg
+    model = instantiate_from_config(cfg.model)
+    assert (model.disc_start, model.extra) == (5, 4)
+
+
+def test_for_model_section_errors_name_the_file(tmp_path):
+    overlay = _write(tmp_path / "overlay.yaml", f"for_model:\n  {__name__}.Outer:\n    model: {{params: {{}}}}\n")
+    base = _write(tmp_path / "base.yaml", f"model:\n  target: {__name__}.Child\n")
+    with pytest.raises(ConfigError, match=r"overlay\.yaml: none of its 'for_model' sections .*Outer.* applies to "
+                                          r"model.target .*Child"):
+        load_configs([base, overlay])
+    with pytest.raises(ConfigError, match=r"overlay\.yaml: .*no earlier config file sets"):
+        load_configs([overlay, base])
+    bad = _write(tmp_path / "bad.yaml", "for_model:\n  nope.Nothing:\n    a: 1\n")
+    with pytest.raises(ConfigError, match=r"for_model\.nope\.Nothing: cannot import"):
+        load_configs([base, bad])
+
+
+def test_a_key_from_a_for_model_section_is_traced_to_it(tmp_path):
+    base = _write(tmp_path / "base.yaml", f"model:\n  target: {__name__}.Child\n  params: {{disc_start: 1}}\n")
+    overlay = _write(tmp_path / "overlay.yaml", f"for_model:\n  {__name__}.Base:\n    model: {{params: {{disc_strat: 2}}}}\n")
+    cfg = load_configs([base, overlay])
+    with pytest.raises(ConfigError, match=r"model\.params\.disc_strat \(from .*overlay\.yaml \(for_model: .*Base\)\)"):
+        instantiate_from_config(cfg.model)
+
+
+@pytest.mark.parametrize("config, kind", [("autoencoder_kl_f8", "stage 1"), ("autoencoder_vq_f4", "stage 1"),
+                                          ("ldm_txt2img", "stage 2"), ("ddpm_pixel", "stage 2"),
+                                          ("ldm_inpainting", "stage 2")])
+def test_the_cpu_overlay_sizes_each_stage(repo_root, config, kind):
+    cfg = load_configs([f"{repo_root}/configs/{config}.yaml", f"{repo_root}/configs/overlays/cpu.yaml"])
+    assert cfg.lightning.trainer.accelerator == "cpu" and "for_model" not in cfg
+    if kind == "stage 1":
+        assert cfg.model.params.ddconfig.ch == 32 and cfg.data.params.batch_size == 4
+    else:
+        assert cfg.model.params.unet_config.params.model_channels == 64 and cfg.data.params.batch_size == 16
+        assert cfg.model.latent_size == 8

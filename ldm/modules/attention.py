@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldm.modules.diffusionmodules.util import checkpoint, memory_format_of, normalization, zero_module
+from ldm.modules.diffusionmodules.util import GROUPNORM_GROUPS, checkpoint, memory_format_of, normalization, zero_module
 
 
 class GEGLU(nn.Module):
@@ -131,13 +131,13 @@ class SpatialTransformer(nn.Module):
 
     def __init__(self, in_channels: int, n_heads: int, d_head: int, depth: int = 1, dropout: float = 0.0,
                  context_dim: int | Sequence[int] | None = None, disable_self_attn: bool = False,
-                 use_linear: bool = False, use_checkpoint: bool = True):
+                 use_linear: bool = False, use_checkpoint: bool = True, norm_num_groups: int = GROUPNORM_GROUPS):
         super().__init__()
         context_dims = _per_depth(context_dim, depth, "context_dim")
         self.in_channels = in_channels
         self.use_linear = use_linear
         inner_dim = n_heads * d_head
-        self.norm = normalization(in_channels, eps=1e-6)  # the original's Normalize(): GroupNorm(32, eps=1e-6)
+        self.norm = normalization(in_channels, eps=1e-6, num_groups=norm_num_groups)  # the original: GroupNorm(32, eps=1e-6)
         self.proj_in = nn.Linear(in_channels, inner_dim) if use_linear else nn.Conv2d(in_channels, inner_dim, 1)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(inner_dim, n_heads, d_head, dropout=dropout, context_dim=context_dims[d],

@@ -14,7 +14,7 @@ def test_facts_of_our_configs(repo_root):
     assert (text.conditioning, text.cond_key, text.factor, text.size_multiple) == ("text", "caption", 8, 64)
     assert text.image_size == (256, 256) and text.latent_shape(256, 128) == (4, 32, 16)
     assert (text.channels, text.num_timesteps, text.use_ema) == (3, 1000, True)
-    cin = info_of(repo_root, "ldm_cin", "overlays/cpu_ldm")
+    cin = info_of(repo_root, "ldm_cin", "overlays/cpu")
     assert (cin.conditioning, cin.n_classes, cin.size_multiple, cin.image_size) == ("class", 120, 32, (64, 64))
     uncond = info_of(repo_root, "ldm_uncond")
     assert uncond.conditioning is None and uncond.n_classes is None

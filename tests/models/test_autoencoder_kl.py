@@ -2,11 +2,10 @@ import copy
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from ldm.checkpoint import CheckpointError
 from ldm.models.autoencoder import AutoencoderKL
-from ldm.util import instantiate_from_config
+from ldm.util import instantiate_from_config, load_configs
 
 from ae_configs import FixedBatch, fit, kl_config
 
@@ -51,6 +50,22 @@ def test_discriminator_frozen_before_disc_start_and_trains_after():
     w0 = model.loss.discriminator.main[0].weight.detach().clone()
     fit(model, steps=2)
     assert not torch.equal(model.loss.discriminator.main[0].weight, w0)
+
+
+def test_discriminator_is_not_run_before_disc_start():
+    torch.manual_seed(0)
+    model = instantiate_from_config(kl_config(disc_start=2))
+    model.learning_rate = 1e-3
+    calls = []
+    model.loss.discriminator.register_forward_hook(lambda *_: calls.append(1))
+    trainer = fit(model, steps=2)  # batches 0 and 1: a zero-weight term, so neither step runs the discriminator
+    assert calls == [] and not trainer.optimizers[1].state
+    assert trainer.global_step == 4  # still two optimizer steps per batch: max_steps and checkpoints keep counting
+    model = instantiate_from_config(kl_config(disc_start=2))
+    model.learning_rate = 1e-3
+    model.loss.discriminator.register_forward_hook(lambda *_: calls.append(1))
+    trainer = fit(model, steps=3)  # batch 2: generator term (1 call) and discriminator step (real + fake)
+    assert len(calls) == 3 and trainer.optimizers[1].state
 
 
 def test_logvar_is_not_trained_by_default_and_learn_logvar_trains_it():
@@ -142,8 +157,7 @@ def test_log_images_returns_inputs_reconstructions_samples():
 
 @pytest.mark.parametrize("f", ["f4", "f8", "f16", "f32"])
 def test_paper_configs_build_with_the_cpu_overlay(repo_root, f):
-    cfg = OmegaConf.merge(OmegaConf.load(f"{repo_root}/configs/autoencoder_kl_{f}.yaml"),
-                          OmegaConf.load(f"{repo_root}/configs/overlays/cpu.yaml"))
+    cfg = load_configs([f"{repo_root}/configs/autoencoder_kl_{f}.yaml", f"{repo_root}/configs/overlays/cpu.yaml"])
     cfg.model.params.ddconfig.ch = 32  # the cpu overlay width; GroupNorm(32) needs >= 32 channels
     model = instantiate_from_config(cfg.model)
     factor = int(f[1:])

@@ -3,7 +3,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ldm.models.autoencoder import VQModel, VQModelInterface
-from ldm.util import instantiate_from_config
+from ldm.util import instantiate_from_config, load_configs
 
 from ae_configs import FixedBatch, fit, vq_config
 
@@ -78,8 +78,7 @@ def test_ema_weights_and_batch_resize_range():
 
 @pytest.mark.parametrize("f,factor", [("f4", 4), ("f8", 8), ("f16", 16)])
 def test_paper_vq_configs_build_with_cpu_overlay(repo_root, f, factor):
-    cfg = OmegaConf.merge(OmegaConf.load(f"{repo_root}/configs/autoencoder_vq_{f}.yaml"),
-                          OmegaConf.load(f"{repo_root}/configs/overlays/cpu.yaml"))
+    cfg = load_configs([f"{repo_root}/configs/autoencoder_vq_{f}.yaml", f"{repo_root}/configs/overlays/cpu.yaml"])
     model = instantiate_from_config(cfg.model)
     quant, _, _ = model.encode(torch.randn(1, 3, 64, 64))
     assert quant.shape == (1, model.embed_dim, 64 // factor, 64 // factor)

@@ -62,7 +62,7 @@ def trained_runs(tmp_path_factory):
     procs = {}
     for kind, config in (("text", "ldm_txt2img"), ("class", "ldm_cin")):
         cmd = [sys.executable, os.path.join(ROOT, "main.py"), "-b", os.path.join(ROOT, "configs", f"{config}.yaml"),
-               os.path.join(ROOT, "configs", "overlays", "cpu_ldm.yaml"), "-t", "-n", kind, "-l", str(root / "logs"),
+               os.path.join(ROOT, "configs", "overlays", "cpu.yaml"), "-t", "-n", kind, "-l", str(root / "logs"),
                "--logger", "csv", *TINY, f"model.params.first_stage_config.params.ckpt_path={ae}"]
         procs[kind] = subprocess.Popen(cmd, cwd=ROOT, env=script_env(), stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, text=True)

@@ -6,7 +6,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from ldm.util import instantiate_from_config
+from ldm.util import instantiate_from_config, load_configs
 
 
 def load_script(repo_root):
@@ -18,8 +18,7 @@ def load_script(repo_root):
 
 def make_run(tmp_path, repo_root, source="photos"):
     """A run folder as main.py leaves it: configs/<now>-project.yaml and checkpoints/last.ckpt."""
-    cfg = OmegaConf.merge(OmegaConf.load(f"{repo_root}/configs/autoencoder_kl_f8.yaml"),
-                          OmegaConf.load(f"{repo_root}/configs/overlays/cpu.yaml"))
+    cfg = load_configs([f"{repo_root}/configs/autoencoder_kl_f8.yaml", f"{repo_root}/configs/overlays/cpu.yaml"])
     cfg.data.params.validation.params.size = 32
     cfg.data.params.validation.params.source = source
     run = tmp_path / "2026-01-01T00-00-00_tiny"

@@ -4,13 +4,12 @@ import torch
 from omegaconf import OmegaConf
 
 from ldm.trainer.runs import load_inference_model, load_model_from_run
-from ldm.util import instantiate_from_config
+from ldm.util import instantiate_from_config, load_configs
 
 
 def tiny_autoencoder_run(tmp_path, repo_root):
     """(run folder, its config, the saved model) for the CPU-sized KL autoencoder, as main.py leaves a run."""
-    cfg = OmegaConf.merge(OmegaConf.load(f"{repo_root}/configs/autoencoder_kl_f8.yaml"),
-                          OmegaConf.load(f"{repo_root}/configs/overlays/cpu.yaml"))
+    cfg = load_configs([f"{repo_root}/configs/autoencoder_kl_f8.yaml", f"{repo_root}/configs/overlays/cpu.yaml"])
     run = tmp_path / "2026-01-01T00-00-00_tiny"
     (run / "configs").mkdir(parents=True)
     (run / "checkpoints").mkdir()

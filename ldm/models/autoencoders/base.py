@@ -168,12 +168,20 @@ class AdversarialAutoencoder(pl.LightningModule):
                 opt_g.step()
                 opt_g.zero_grad(set_to_none=True)
 
-        with self._only_training(opt_d):
-            loss_d, log_d = self._loss(1, x, recon.detach(), reg, step, "train")
-            self.manual_backward(loss_d / n)
+        if self._discriminator_active(step):
+            with self._only_training(opt_d):
+                loss_d, log_d = self._loss(1, x, recon.detach(), reg, step, "train")
+                self.manual_backward(loss_d / n)
+                if update:
+                    opt_d.step()
+                    opt_d.zero_grad(set_to_none=True)
+        else:
+            # Before disc_start the discriminator loss is multiplied by 0, so running it would only cost time (~20%
+            # of a CPU-sized batch). The step without gradients changes nothing (Adam skips parameters without a
+            # grad, so its state starts at disc_start) but keeps global_step at two per batch.
             if update:
                 opt_d.step()
-                opt_d.zero_grad(set_to_none=True)
+            log_d = {"train/disc_loss": torch.zeros((), device=x.device)}
 
         if update:
             for scheduler in self._schedulers():
@@ -184,6 +192,11 @@ class AdversarialAutoencoder(pl.LightningModule):
         logs = {**log_g, **log_d, **self.extra_train_logs()}
         self.log("train/rec_loss", logs.pop("train/rec_loss"), prog_bar=True, on_step=True, on_epoch=False)
         self.log_dict(logs, prog_bar=False, logger=True, on_step=True, on_epoch=False)
+
+    def _discriminator_active(self, step: int) -> bool:
+        """Whether the discriminator's loss weight is non-zero at training batch `step` (from `disc_start` on)."""
+        current = getattr(self.loss, "current_disc_factor", None)
+        return current is None or current(step) != 0.0
 
     def extra_train_logs(self) -> dict[str, torch.Tensor]:
         """Model-specific training metrics logged every batch (e.g. codebook health); tensors, no host sync."""

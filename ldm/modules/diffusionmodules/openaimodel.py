@@ -17,7 +17,8 @@ from ldm.modules.attention import SpatialTransformer
 from ldm.modules.diffusionmodules.encoder_unet import AttentionPool2d, EncoderUNetModel
 from ldm.modules.diffusionmodules.unet_blocks import (AttentionBlock, Downsample, QKVAttention, QKVAttentionLegacy,
                                                       ResBlock, TimestepBlock, TimestepEmbedSequential, Upsample)
-from ldm.modules.diffusionmodules.util import conv_nd, linear, normalization, timestep_embedding, zero_module
+from ldm.modules.diffusionmodules.util import (GROUPNORM_GROUPS, conv_nd, linear, normalization, timestep_embedding,
+                                               zero_module)
 
 __all__ = ["UNetModel", "EncoderUNetModel", "AttentionPool2d", "AttentionBlock", "Downsample", "QKVAttention",
            "QKVAttentionLegacy", "ResBlock",
@@ -66,6 +67,7 @@ class UNetModel(nn.Module):
     `legacy=True` the original's head arithmetic is reproduced exactly. `use_fp16` casts the torso's input to float16
     as the original (run it under `torch.autocast`, or call `convert_to_fp16()` to store the torso in float16).
     `transformer_depth` may also be a per-level list (the middle block uses the last level's depth).
+    `norm_num_groups` (not in the original; default 32 as there) sets the groups of every GroupNorm, for narrow models.
     Not supported: `use_spatial_transformer` with dims != 2 (raises NotImplementedError).
     """
 
@@ -77,7 +79,8 @@ class UNetModel(nn.Module):
                  use_new_attention_order: bool = False, use_spatial_transformer: bool = False,
                  transformer_depth=1, context_dim=None, n_embed: int | None = None, legacy: bool = True,
                  disable_self_attentions=None, num_attention_blocks=None, disable_middle_self_attn: bool = False,
-                 use_linear_in_transformer: bool = False, adm_in_channels: int | None = None):
+                 use_linear_in_transformer: bool = False, adm_in_channels: int | None = None,
+                 norm_num_groups: int = GROUPNORM_GROUPS):
         super().__init__()
         context_dim = _as_list(context_dim, "context_dim")
         if context_dim is not None and not use_spatial_transformer:
@@ -121,7 +124,7 @@ class UNetModel(nn.Module):
             self.label_emb = self._make_label_emb(num_classes, time_embed_dim, adm_in_channels)
 
         res = dict(dropout=dropout, dims=dims, use_checkpoint=use_checkpoint,
-                   use_scale_shift_norm=use_scale_shift_norm)
+                   use_scale_shift_norm=use_scale_shift_norm, norm_num_groups=norm_num_groups)
 
         def attention(ch: int, heads_for_attention_block: int, depth: int, no_self_attn: bool):
             """The attention layer at `ch` channels (the original's head arithmetic, legacy included)."""
@@ -133,10 +136,11 @@ class UNetModel(nn.Module):
                 dim_head = ch // heads if use_spatial_transformer else num_head_channels
             if not use_spatial_transformer:
                 return AttentionBlock(ch, use_checkpoint=use_checkpoint, num_heads=heads_for_attention_block,
-                                      num_head_channels=dim_head, use_new_attention_order=use_new_attention_order)
+                                      num_head_channels=dim_head, use_new_attention_order=use_new_attention_order,
+                                      norm_num_groups=norm_num_groups)
             return SpatialTransformer(ch, heads, dim_head, depth=depth, context_dim=context_dim,
                                       disable_self_attn=no_self_attn, use_linear=use_linear_in_transformer,
-                                      use_checkpoint=use_checkpoint)
+                                      use_checkpoint=use_checkpoint, norm_num_groups=norm_num_groups)
 
         def wants_attention(ds: int, level: int, index: int) -> bool:
             return ds in self.attention_resolutions and (num_attention_blocks is None
@@ -189,10 +193,11 @@ class UNetModel(nn.Module):
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
                 self._feature_size += ch
 
-        self.out = nn.Sequential(normalization(ch), nn.SiLU(),
+        self.out = nn.Sequential(normalization(ch, num_groups=norm_num_groups), nn.SiLU(),
                                  zero_module(conv_nd(dims, model_channels, out_channels, 3, padding=1)))
         if self.predict_codebook_ids:
-            self.id_predictor = nn.Sequential(normalization(ch), conv_nd(dims, model_channels, n_embed, 1))
+            self.id_predictor = nn.Sequential(normalization(ch, num_groups=norm_num_groups),
+                                              conv_nd(dims, model_channels, n_embed, 1))
 
     @staticmethod
     def _make_label_emb(num_classes, time_embed_dim: int, adm_in_channels: int | None) -> nn.Module:

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldm.modules.attention import SpatialTransformer
-from ldm.modules.diffusionmodules.util import avg_pool_nd, checkpoint, conv_nd, linear, normalization, zero_module
+from ldm.modules.diffusionmodules.util import (GROUPNORM_GROUPS, avg_pool_nd, checkpoint, conv_nd, linear,
+                                               normalization, zero_module)
 
 
 class TimestepBlock(nn.Module):
@@ -98,7 +99,8 @@ class ResBlock(TimestepBlock):
 
     def __init__(self, channels: int, emb_channels: int, dropout: float, out_channels: int | None = None,
                  use_conv: bool = False, use_scale_shift_norm: bool = False, dims: int = 2,
-                 use_checkpoint: bool = False, up: bool = False, down: bool = False):
+                 use_checkpoint: bool = False, up: bool = False, down: bool = False,
+                 norm_num_groups: int = GROUPNORM_GROUPS):
         super().__init__()
         self.channels, self.emb_channels, self.dropout = channels, emb_channels, dropout
         self.out_channels = out_channels or channels
@@ -107,7 +109,7 @@ class ResBlock(TimestepBlock):
         if up and down:
             raise ValueError("ResBlock cannot both upsample and downsample (up=True, down=True)")
 
-        self.in_layers = nn.Sequential(normalization(channels), nn.SiLU(),
+        self.in_layers = nn.Sequential(normalization(channels, num_groups=norm_num_groups), nn.SiLU(),
                                        conv_nd(dims, channels, self.out_channels, 3, padding=1))
         self.updown = up or down
         if up:
@@ -118,7 +120,8 @@ class ResBlock(TimestepBlock):
             self.h_upd = self.x_upd = nn.Identity()
         self.emb_layers = nn.Sequential(
             nn.SiLU(), linear(emb_channels, 2 * self.out_channels if use_scale_shift_norm else self.out_channels))
-        self.out_layers = nn.Sequential(normalization(self.out_channels), nn.SiLU(), nn.Dropout(p=dropout),
+        self.out_layers = nn.Sequential(normalization(self.out_channels, num_groups=norm_num_groups), nn.SiLU(),
+                                        nn.Dropout(p=dropout),
                                         zero_module(conv_nd(dims, self.out_channels, self.out_channels, 3, padding=1)))
         if self.out_channels == channels:
             self.skip_connection = nn.Identity()
@@ -194,7 +197,7 @@ class AttentionBlock(nn.Module):
     """
 
     def __init__(self, channels: int, num_heads: int = 1, num_head_channels: int = -1, use_checkpoint: bool = False,
-                 use_new_attention_order: bool = False):
+                 use_new_attention_order: bool = False, norm_num_groups: int = GROUPNORM_GROUPS):
         super().__init__()
         self.channels = channels
         if num_head_channels == -1:
@@ -207,7 +210,7 @@ class AttentionBlock(nn.Module):
         if self.num_heads < 1 or channels % self.num_heads:
             raise ValueError(f"AttentionBlock: channels {channels} not divisible into num_heads {self.num_heads}")
         self.use_checkpoint = use_checkpoint
-        self.norm = normalization(channels)
+        self.norm = normalization(channels, num_groups=norm_num_groups)
         self.qkv = conv_nd(1, channels, channels * 3, 1)
         self.attention = (QKVAttention if use_new_attention_order else QKVAttentionLegacy)(self.num_heads)
         self.proj_out = zero_module(conv_nd(1, channels, channels, 1))

@@ -16,7 +16,10 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-GROUPNORM_GROUPS = 32  # the original `normalization()` always uses 32 groups
+# The original `normalization()` always uses 32 groups. UNetModel's `norm_num_groups` (not an original parameter)
+# lowers it for narrow models: at model_channels 64, 32 groups leave 2 channels per group, close to a per-channel
+# InstanceNorm that removes each channel's mean over the image (the first-stage networks have the same knob).
+GROUPNORM_GROUPS = 32
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0,
@@ -109,12 +112,12 @@ class GroupNorm32(nn.GroupNorm):
         return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
 
 
-def normalization(channels: int, eps: float = 1e-5) -> GroupNorm32:
-    """The UNet's normalisation layer: float32 GroupNorm with 32 groups (original `normalization`)."""
-    if channels % GROUPNORM_GROUPS:
-        raise ValueError(f"GroupNorm with {GROUPNORM_GROUPS} groups needs channels divisible by {GROUPNORM_GROUPS}, "
-                         f"got {channels} (choose model_channels/channel_mult accordingly)")
-    return GroupNorm32(GROUPNORM_GROUPS, channels, eps=eps)
+def normalization(channels: int, eps: float = 1e-5, num_groups: int = GROUPNORM_GROUPS) -> GroupNorm32:
+    """The UNet's normalisation layer: float32 GroupNorm, 32 groups as the original `normalization` by default."""
+    if num_groups < 1 or channels % num_groups:
+        raise ValueError(f"GroupNorm with {num_groups} groups needs channels divisible by {num_groups}, "
+                         f"got {channels} (choose model_channels/channel_mult/norm_num_groups accordingly)")
+    return GroupNorm32(num_groups, channels, eps=eps)
 
 
 SiLU = nn.SiLU  # the original defined its own SiLU class for old torch versions

@@ -1,6 +1,6 @@
 """Tiny trained runs of configs/ldm_inpainting.yaml and configs/ldm_sr.yaml, made once per test session.
 
-`main.py -t` runs in a subprocess with the CPU overlay (configs/overlays/cpu_ldm.yaml) on a freshly initialised
+`main.py -t` runs in a subprocess with the CPU overlay (configs/overlays/cpu.yaml) on a freshly initialised
 CPU-sized KL-f8 first stage (the autoencoder of configs/overlays/cpu.yaml, not trained: only shapes matter), for two
 training batches with image logging on every batch. Test modules of the models and the scripts share the runs
 through `trained_run`, which caches them in this module (one training per config per session).
@@ -54,7 +54,7 @@ def trained_run(name, tmp_path_factory):
         procs = {}
         for config in TASK_CONFIGS:
             args = [sys.executable, os.path.join(ROOT, "main.py"), "--base", f"configs/{config}.yaml",
-                    "configs/overlays/cpu_ldm.yaml", "-t", "-l", str(base / config), "--logger", "csv",
+                    "configs/overlays/cpu.yaml", "-t", "-l", str(base / config), "--logger", "csv",
                     f"model.params.first_stage_config.params.ckpt_path={base / 'ae.ckpt'}", *TINY]
             procs[config] = (args, subprocess.Popen(args, cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE,
                                                     stderr=subprocess.PIPE, text=True))
@@ -83,7 +83,7 @@ def overlay_model_and_batch(name, folder, batch_size=2):
     saved in `folder`; call from the repository root."""
     ckpt = folder / "ae.ckpt"
     cpu_stage1_checkpoint(ckpt)
-    cfg = load_configs([f"configs/{name}.yaml", "configs/overlays/cpu_ldm.yaml"],
+    cfg = load_configs([f"configs/{name}.yaml", "configs/overlays/cpu.yaml"],
                        [f"model.params.first_stage_config.params.ckpt_path={ckpt}",
                         "model.params.unet_config.params.model_channels=32"])
     data = instantiate_from_config(cfg.data)

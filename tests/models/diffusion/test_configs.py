@@ -229,7 +229,7 @@ def test_our_configs_with_the_cpu_overlay(name, tmp_path, repo_root, monkeypatch
     monkeypatch.chdir(repo_root)
     ckpt = tmp_path / "ae.ckpt"
     ae = dc.cpu_stage1_checkpoint(ckpt)
-    files = [f"configs/{name}.yaml", "configs/overlays/cpu_ldm.yaml"]
+    files = [f"configs/{name}.yaml", "configs/overlays/cpu.yaml"]
     shrink = ["model.params.unet_config.params.model_channels=32", "model.context_dim=32"]
     if name == "ddpm_pixel":
         shrink += ["model.params.unet_config.params.channel_mult=[1,2]",

@@ -147,7 +147,7 @@ def test_mask_guided_sampling_keeps_known_latents_exactly(sampler):
 
 def test_our_config_with_the_cpu_overlay(tmp_path, repo_root, monkeypatch):
     monkeypatch.chdir(repo_root)
-    default = load_configs(["configs/ldm_inpainting.yaml", "configs/overlays/cpu_ldm.yaml"])
+    default = load_configs(["configs/ldm_inpainting.yaml", "configs/overlays/cpu.yaml"])
     with pytest.raises(ConfigError, match="first_stage_config.params.ckpt_path"):
         instantiate_from_config(default.model)  # the default path is not there
     model, batch = task_runs.overlay_model_and_batch("ldm_inpainting", tmp_path)

@@ -270,3 +270,18 @@ def test_one_dimensional_unet():
     model = UNetModel(**dict(SMALL, dims=1, num_heads=2))
     _randomise(model)
     assert model(torch.randn(2, 4, 16), torch.tensor([1, 2])).shape == (2, 4, 16)
+
+
+@pytest.mark.parametrize("attention", [dict(use_spatial_transformer=True, context_dim=16), dict()])
+def test_norm_num_groups_reaches_every_groupnorm_and_keeps_the_state_dict(attention):
+    config = dict(SMALL, num_heads=2, **attention)
+    default, narrow = UNetModel(**config), UNetModel(**config, norm_num_groups=8)
+    norms = [m for m in narrow.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and {m.num_groups for m in norms} == {8}
+    assert {m.num_groups for m in default.modules() if isinstance(m, torch.nn.GroupNorm)} == {32}
+    narrow.load_state_dict(default.state_dict())  # same names and shapes: only the grouping differs
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([3, 700])
+    context = torch.randn(2, 5, 16) if attention else None
+    assert narrow(x, t, context=context).shape == x.shape
+    with pytest.raises(ValueError, match="GroupNorm with 24 groups needs channels divisible by 24, got 32"):
+        UNetModel(**config, norm_num_groups=24)
