@@ -2,7 +2,8 @@
 """Score a text- or class-conditional model trained on the shapes data: sample captions, check the samples.
 
 Writes a grid of the samples (one caption per image, in the order of the JSON) and prints and saves the checker's
-accuracy per attribute (chance: color 25%, shape 33%, size 50%, position 20%).
+accuracy per attribute (chance: color 25%, shape 33%, size 50%, position 20%), what each colour / shape / position
+was read as, and each sample's caption and detection.
 
     python scripts/eval_shapes.py -r logs/<stage-2 run> [--n 64] [--sampler ddim] [--steps 50] [--scale 3]
 """
@@ -46,17 +47,23 @@ def main(argv: list[str] | None = None) -> dict:
     from PIL import Image
 
     model, _ = load_model_from_run(args.resume, device=args.device)
-    images, captions, acc = evaluate(model, n=args.n, seed=args.seed, sampler=args.sampler, steps=args.steps,
-                                     scale=args.scale, batch_size=args.batch_size, use_ema=args.ema)
+    images, captions, checked = evaluate(model, n=args.n, seed=args.seed, sampler=args.sampler, steps=args.steps,
+                                         scale=args.scale, batch_size=args.batch_size, use_ema=args.ema)
+    acc = checked["accuracy"]
     run = args.resume if os.path.isdir(args.resume) else os.path.dirname(os.path.dirname(args.resume))
     prefix = args.out or os.path.join(run, "eval_shapes")
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     Image.fromarray(image_grid(images, nrow=8)).save(prefix + ".png")
     result = {"accuracy": acc, "chance": CHANCE, "sampler": args.sampler, "steps": args.steps, "scale": args.scale,
-              "seed": args.seed, "ema": args.ema, "captions": captions, "grid": prefix + ".png"}
+              "seed": args.seed, "ema": args.ema, "grid": prefix + ".png", "confusion": checked["confusion"],
+              "samples": [{"caption": c, "detected": d} for c, d in zip(captions, checked["detections"])]}
     atomic_write(prefix + ".json", lambda f: f.write(json.dumps(result, indent=1).encode()))
     print(" ".join(f"{k}={acc[k]:.3f}" for k in ("color", "shape", "size", "position", "all", "found")) +
           f"  (n={acc['n']}, {args.sampler} {args.steps} steps, scale {args.scale})")
+    for name in ("color", "shape", "position"):
+        print(f"  {name} read as: " + "; ".join(f"{target} -> " + ", ".join(f"{got} {count}" for got, count in
+                                                  sorted(row.items(), key=lambda kv: -kv[1]))
+                                                for target, row in sorted(checked["confusion"][name].items())))
     print(f"grid: {prefix}.png  results: {prefix}.json")
     return result
 

@@ -133,7 +133,8 @@ def test_for_model_section_errors_name_the_file(tmp_path):
 
 def test_a_key_from_a_for_model_section_is_traced_to_it(tmp_path):
     base = _write(tmp_path / "base.yaml", f"model:\n  target: {__name__}.Child\n  params: {{disc_start: 1}}\n")
-    overlay = _write(tmp_path / "overlay.yaml", f"for_model:\n  {__name__}.Base:\n    model: {{params: {{disc_strat: 2}}}}\n")
+    overlay = _write(tmp_path / "overlay.yaml",
+                     f"for_model:\n  {__name__}.Base:\n    model: {{params: {{disc_strat: 2}}}}\n")
     cfg = load_configs([base, overlay])
     with pytest.raises(ConfigError, match=r"model\.params\.disc_strat \(from .*overlay\.yaml \(for_model: .*Base\)\)"):
         instantiate_from_config(cfg.model)

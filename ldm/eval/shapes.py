@@ -172,14 +172,7 @@ def _targets(targets: Any, count: int) -> list[dict[str, str]]:
     return out
 
 
-def accuracy(images: Any, targets: Sequence[Any] | Mapping[str, Any]) -> dict[str, float]:
-    """Fraction of images whose detected attribute matches the target, per attribute and all four together.
-
-    `targets`: captions (parsed with `parse_caption`), attribute dicts, class labels, or a collated shapes batch.
-    Also returns `found` (fraction with an object) and `n`.
-    """
-    detections = detect_batch(images)
-    wanted = _targets(targets, len(detections))
+def _scores(detections: list[dict[str, Any]], wanted: list[dict[str, str]]) -> dict[str, float]:
     n = len(detections)
     if n == 0:
         raise ValueError("accuracy() needs at least one image")
@@ -189,3 +182,27 @@ def accuracy(images: Any, targets: Sequence[Any] | Mapping[str, Any]) -> dict[st
     result["found"] = float(np.mean([d["found"] for d in detections]))
     result["n"] = n
     return result
+
+
+def accuracy(images: Any, targets: Sequence[Any] | Mapping[str, Any]) -> dict[str, float]:
+    """Fraction of images whose detected attribute matches the target, per attribute and all four together.
+
+    `targets`: captions (parsed with `parse_caption`), attribute dicts, class labels, or a collated shapes batch.
+    Also returns `found` (fraction with an object) and `n`.
+    """
+    detections = detect_batch(images)
+    return _scores(detections, _targets(targets, len(detections)))
+
+
+def report(images: Any, targets: Sequence[Any] | Mapping[str, Any]) -> dict[str, Any]:
+    """`accuracy` plus what went wrong: per attribute, how often each target value was read as each value
+    (`confusion[attribute][target][detected]`, "none" where no object was found), and the detections per image."""
+    detections = detect_batch(images)
+    wanted = _targets(targets, len(detections))
+    confusion: dict[str, dict[str, dict[str, int]]] = {name: {} for name in ATTRIBUTES}
+    for detected, target in zip(detections, wanted):
+        for name in ATTRIBUTES:
+            row = confusion[name].setdefault(target[name], {})
+            row[detected[name]] = row.get(detected[name], 0) + 1
+    per_image = [{name: d[name] for name in (*ATTRIBUTES, "found")} for d in detections]
+    return {"accuracy": _scores(detections, wanted), "confusion": confusion, "detections": per_image}

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ldm.data.shapes import NUM_CLASSES, attributes_for_class, caption_for, class_label_for, parse_caption
-from ldm.eval.shapes import accuracy
+from ldm.eval.shapes import report
 from ldm.inference.codec import decode_latents
 
 CHANCE = {"shape": 1 / 3, "color": 1 / 4, "size": 1 / 2, "position": 1 / 5}
@@ -61,8 +61,9 @@ def generate(model: Any, captions: Sequence[str], sampler: str = "ddim", steps: 
 
 
 def evaluate(model: Any, n: int = 64, seed: int = 0, **generate_kwargs: Any) -> tuple[torch.Tensor, list[str],
-                                                                                     dict[str, float]]:
-    """(images, captions, accuracy) for n balanced captions; accuracy per attribute, `all`, `found`, `n`."""
+                                                                                     dict[str, Any]]:
+    """(images, captions, report) for n balanced captions: `report["accuracy"]` per attribute, `all`, `found`, `n`;
+    `report["confusion"]` and per-image `report["detections"]` (see `ldm.eval.shapes.report`)."""
     captions = evaluation_captions(n, seed)
     images = generate(model, captions, seed=seed, **generate_kwargs)
-    return images, captions, accuracy(images, captions)
+    return images, captions, report(images, captions)

@@ -137,7 +137,8 @@ class SpatialTransformer(nn.Module):
         self.in_channels = in_channels
         self.use_linear = use_linear
         inner_dim = n_heads * d_head
-        self.norm = normalization(in_channels, eps=1e-6, num_groups=norm_num_groups)  # the original: GroupNorm(32, eps=1e-6)
+        # The original's Normalize(): GroupNorm(32, eps=1e-6).
+        self.norm = normalization(in_channels, eps=1e-6, num_groups=norm_num_groups)
         self.proj_in = nn.Linear(in_channels, inner_dim) if use_linear else nn.Conv2d(in_channels, inner_dim, 1)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(inner_dim, n_heads, d_head, dropout=dropout, context_dim=context_dims[d],

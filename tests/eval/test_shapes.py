@@ -6,7 +6,7 @@ from scipy import ndimage
 from torch.utils.data import DataLoader
 
 from ldm.data.shapes import ATTRIBUTES, NUM_CLASSES, ShapesDataset, attributes_for_class, caption_for, render_shape
-from ldm.eval.shapes import NONE, accuracy, detect, detect_batch
+from ldm.eval.shapes import NONE, accuracy, detect, detect_batch, report
 
 
 def renders(size, seeds, noise=0.0, blur=0.0):
@@ -99,6 +99,23 @@ def test_accuracy_aggregation_and_target_forms():
     assert accuracy(torch.from_numpy(images), torch.tensor(labels))["all"] == 1.0
     with pytest.raises(ValueError, match="4 images but 3 targets"):
         accuracy(images, labels[:3])
+
+
+def test_report_counts_what_each_target_was_read_as():
+    labels = [0, 41, 77]
+    blank = np.full((64, 64, 3), 230, np.uint8)
+    images = np.stack([render_shape(attributes_for_class(c), 64, c) for c in labels] + [blank])
+    targets = [dict(attributes_for_class(c)) for c in labels] + [dict(attributes_for_class(0))]
+    drawn = attributes_for_class(41)["color"]
+    targets[1]["color"] = "blue" if drawn != "blue" else "red"  # ask for another colour than the one drawn
+    result = report(images, targets)
+    assert result["accuracy"] == accuracy(images, targets)
+    colors = result["confusion"]["color"]
+    assert colors[targets[1]["color"]].get(drawn) == 1
+    assert colors[targets[3]["color"]].get(NONE) == 1  # the blank image: nothing found
+    assert sum(sum(row.values()) for row in colors.values()) == 4
+    assert [d["found"] for d in result["detections"]] == [True, True, True, False]
+    assert result["detections"][2]["shape"] == attributes_for_class(77)["shape"]
 
 
 def test_accuracy_on_a_collated_dataset_batch():

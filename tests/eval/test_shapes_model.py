@@ -39,9 +39,11 @@ def test_generate_is_reproducible_and_evaluate_scores(cond):
     b = generate(model, caps, steps=2, scale=2.0, batch_size=3, seed=1)
     assert a.shape == (3, 3, 16, 16) and a.min() >= -1 and a.max() <= 1
     assert torch.allclose(a, b, atol=1e-5)  # one generator across batches: batching does not change the noise
-    images, captions, acc = evaluate(model, n=4, steps=2, sampler="dpmpp_2m")
+    images, captions, checked = evaluate(model, n=4, steps=2, sampler="dpmpp_2m")
+    acc = checked["accuracy"]
     assert images.shape[0] == 4 and captions == evaluation_captions(4)
     assert acc["n"] == 4 and all(0.0 <= acc[k] <= 1.0 for k in ("color", "shape", "size", "position", "all"))
+    assert len(checked["detections"]) == 4 and sum(sum(r.values()) for r in checked["confusion"]["color"].values()) == 4
 
 
 def test_unconditional_models_are_refused():

@@ -70,11 +70,12 @@ def posterior_mode(encoder_output: Any) -> Any:
 
 @torch.no_grad()
 def deterministic_latent(model: Any, images: torch.Tensor) -> torch.Tensor:
-    """float32 scale_factor x the posterior mode (KL) or the encoder's tensor (VQ / identity) of B,C,H,W images in
-    [-1, 1]: the deterministic diffusion latent of an image (img2img starts, inpainting's masked-image input), in
-    the scale of the model's diffusion latents (training uses a posterior sample, `latent_from_posterior`)."""
+    """float32 `model.scale_latent` of the posterior mode (KL) or the encoder's tensor (VQ / identity) of B,C,H,W
+    images in [-1, 1]: the deterministic diffusion latent of an image (img2img starts, inpainting's masked-image
+    input), in the scale of the model's diffusion latents (training uses a posterior sample,
+    `latent_from_posterior`)."""
     z = posterior_mode(model.encode_first_stage(images.to(model.device)))
-    return (model.scale_factor * z.float()).float()
+    return model.scale_latent(z.float()).float()
 
 
 def latent_std(z: torch.Tensor, strategy: Any = None) -> torch.Tensor:
@@ -84,3 +85,13 @@ def latent_std(z: torch.Tensor, strategy: Any = None) -> torch.Tensor:
         # Every rank saw a different batch: agree on one value so all replicas keep the same scale_factor.
         std = strategy.reduce(std, reduce_op="mean")
     return std
+
+
+def latent_channel_stats(z: torch.Tensor, strategy: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) per latent channel (C,) in float32, over batch and pixels (averaged over processes like
+    `latent_std`)."""
+    z = z.detach().float().transpose(0, 1).flatten(1)
+    mean, std = z.mean(1), z.std(1)
+    if strategy is not None and getattr(strategy, "world_size", 1) > 1:
+        mean, std = strategy.reduce(mean, reduce_op="mean"), strategy.reduce(std, reduce_op="mean")
+    return mean, std

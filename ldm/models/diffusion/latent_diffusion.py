@@ -17,10 +17,14 @@ from torch import nn
 from ldm.models.diffusion.base import DDPM
 from ldm.models.diffusion.conditioning import (ConditioningDropout, dropout_rates, encode_conditioning,
                                                instantiate_cond_stage, raw_conditioning)
-from ldm.models.diffusion.first_stage import instantiate_first_stage, latent_from_posterior, latent_std
+from ldm.models.diffusion.first_stage import (instantiate_first_stage, latent_channel_stats, latent_from_posterior,
+                                              latent_std)
 from ldm.util import ConfigError, batches_seen
 
 log = logging.getLogger(__name__)
+
+
+LATENT_STATS = ("global", "per_channel")  # how scale_by_std normalises the first stage's latents
 
 
 class LatentDiffusion(DDPM):
@@ -31,13 +35,17 @@ class LatentDiffusion(DDPM):
     conditioner's own `ucg_rate` for classifier-free-guidance dropout of the raw conditioning in training.
     `scale_factor` is always a buffer (saved in checkpoints). With `scale_by_std` it is set to 1/std of the first
     training batch's latents unless the model was restored from a checkpoint.
+    `latent_stats` (not in the original): "global" is the above; "per_channel" (with `scale_by_std`) standardises
+    each latent channel instead, z -> (z - mean_c) / std_c with buffers `latent_mean` / `latent_std` (C,) from the
+    first batch, as EDM2 does for SD latents. It matters when the first stage's channels have offsets or scales
+    that differ a lot (one global std then leaves some channels' signal far below the diffusion noise).
     """
 
     def __init__(self, first_stage_config: Any, cond_stage_config: Any, num_timesteps_cond: int | None = None,
                  cond_stage_key: str = "image", cond_stage_trainable: bool = False, concat_mode: bool = True,
                  cond_stage_forward: str | None = None, conditioning_key: str | None = None,
                  scale_factor: float = 1.0, scale_by_std: bool = False, ucg_rate: float | None = None,
-                 *args: Any, **kwargs: Any):
+                 latent_stats: str = "global", *args: Any, **kwargs: Any):
         self.num_timesteps_cond = 1 if num_timesteps_cond is None else int(num_timesteps_cond)
         timesteps = int(kwargs.get("timesteps", 1000))
         if not 1 <= self.num_timesteps_cond <= timesteps:
@@ -46,6 +54,12 @@ class LatentDiffusion(DDPM):
         if scale_by_std and float(scale_factor) != 1.0:
             raise ConfigError(f"model.params.scale_factor is {scale_factor} but scale_by_std is true, which sets "
                               "scale_factor from the data; use one of them (scale_factor: 1.0 with scale_by_std)")
+        if latent_stats not in LATENT_STATS:
+            raise ConfigError(f"model.params.latent_stats must be one of {', '.join(LATENT_STATS)}, "
+                              f"got {latent_stats!r}")
+        if latent_stats == "per_channel" and not scale_by_std:
+            raise ConfigError("model.params.latent_stats: per_channel estimates the statistics from the first batch "
+                              "and needs scale_by_std: true")
         if conditioning_key is None:
             conditioning_key = "concat" if concat_mode else "crossattn"
         if cond_stage_config == "__is_unconditional__":
@@ -66,6 +80,10 @@ class LatentDiffusion(DDPM):
             self.num_downs = 0
         self.scale_by_std = scale_by_std
         self.register_buffer("scale_factor", torch.tensor(float(scale_factor)))
+        self.latent_stats = latent_stats
+        if latent_stats == "per_channel":  # only then: the original state_dict layout is kept otherwise
+            self.register_buffer("latent_mean", torch.zeros(self.channels))
+            self.register_buffer("latent_std", torch.ones(self.channels))
         self.first_stage_model = instantiate_first_stage(first_stage_config)
         self.cond_stage_model = instantiate_cond_stage(cond_stage_config, cond_stage_trainable,
                                                        self.first_stage_model)
@@ -104,12 +122,25 @@ class LatentDiffusion(DDPM):
         """The first stage's encoder output for images x (a posterior or a tensor)."""
         return self.first_stage_model.encode(x)
 
+    def scale_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """First-stage latent -> diffusion latent: scale_factor * z (per_channel: standardised per channel first)."""
+        if self.latent_stats == "per_channel":
+            z = (z - self.latent_mean.view(1, -1, 1, 1)) / self.latent_std.view(1, -1, 1, 1)
+        return self.scale_factor * z
+
+    def unscale_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """Diffusion latent -> first-stage latent (the inverse of `scale_latent`)."""
+        z = z / self.scale_factor
+        if self.latent_stats == "per_channel":
+            z = z * self.latent_std.view(1, -1, 1, 1) + self.latent_mean.view(1, -1, 1, 1)
+        return z
+
     def get_first_stage_encoding(self, encoder_posterior: Any) -> torch.Tensor:
-        """scale_factor * z, z a posterior sample (KL) or the encoder's tensor (VQ pre-quantization / identity)."""
-        return self.scale_factor * latent_from_posterior(encoder_posterior)
+        """`scale_latent` of z, z a posterior sample (KL) or the encoder's tensor (VQ pre-quantization / identity)."""
+        return self.scale_latent(latent_from_posterior(encoder_posterior))
 
     def _decode(self, z: torch.Tensor, force_not_quantize: bool = False) -> torch.Tensor:
-        z = z / self.scale_factor
+        z = self.unscale_latent(z)
         if force_not_quantize and hasattr(self.first_stage_model, "quantize"):
             return self.first_stage_model.decode(z, force_not_quantize=True)
         return self.first_stage_model.decode(z)
@@ -135,7 +166,8 @@ class LatentDiffusion(DDPM):
 
     @torch.no_grad()
     def on_train_batch_start(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        """scale_by_std: before the very first training step (not after a restore), scale_factor = 1/std(z).
+        """scale_by_std: before the very first training step (not after a restore), scale_factor = 1/std(z), or the
+        per-channel mean and std with latent_stats: per_channel.
 
         The value is computed on the device and written into the buffer in place (averaged over DDP ranks). Its
         one host read happens here, once per run, to log it.
@@ -144,9 +176,16 @@ class LatentDiffusion(DDPM):
             return
         x = self.get_input_image(batch).to(self.device)
         z = latent_from_posterior(self.encode_first_stage(x))
-        self.scale_factor.copy_(1.0 / latent_std(z, self.trainer.strategy))
-        log.info("scale_by_std: scale_factor set to 1/std of the first batch's latents = %.6g",
-                 float(self.scale_factor))  # the one host read of this feature
+        if self.latent_stats == "per_channel":
+            mean, std = latent_channel_stats(z, self.trainer.strategy)
+            self.latent_mean.copy_(mean)
+            self.latent_std.copy_(std)
+            log.info("scale_by_std: per-channel latent mean %s, std %s (first batch)",  # the one host read
+                     [round(v, 4) for v in mean.tolist()], [round(v, 4) for v in std.tolist()])
+        else:
+            self.scale_factor.copy_(1.0 / latent_std(z, self.trainer.strategy))
+            log.info("scale_by_std: scale_factor set to 1/std of the first batch's latents = %.6g",
+                     float(self.scale_factor))  # the one host read of this feature
         self.restarted_from_ckpt = True  # never again in this run (e.g. a second fit on the same module)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -9,12 +9,14 @@ from torch import nn
 
 from ldm.modules.losses.gan import AdversarialLoss
 from ldm.modules.losses.lpips import build_perceptual_loss
+from ldm.modules.losses.pixel import select_pixel_loss
 
 
 class LPIPSWithDiscriminator(AdversarialLoss):
     """CompVis `LPIPSWithDiscriminator`: same parameters, forward signature, state-dict names and log keys.
 
-    rec = pixelloss_weight * |x - x_rec| + perceptual_weight * LPIPS(x, x_rec) (per pixel; LPIPS broadcasts),
+    rec = pixelloss_weight * |x - x_rec| + perceptual_weight * LPIPS(x, x_rec) (per pixel; LPIPS broadcasts; with
+    `pixel_loss: l2` (not in the original; the VQ loss has it) the pixel term is (x - x_rec)^2),
     nll = rec / exp(logvar) + logvar, both summed per sample and divided by the batch size, as is the KL;
     generator loss = weighted_nll + kl_weight * kl + d_weight * disc_factor * (-E[D(x_rec)]);
     discriminator loss = disc_factor * hinge/vanilla(D(x), D(x_rec)).
@@ -33,12 +35,13 @@ class LPIPSWithDiscriminator(AdversarialLoss):
                  disc_factor: float = 1.0, disc_weight: float = 1.0, perceptual_weight: float = 1.0,
                  use_actnorm: bool = False, disc_conditional: bool = False, disc_loss: str = "hinge",
                  perceptual_random_trunk: bool = False, learn_logvar: bool = False,
-                 perceptual_vgg_path: str | None = None):
+                 perceptual_vgg_path: str | None = None, pixel_loss: str = "l1"):
         super().__init__(disc_start, disc_num_layers=disc_num_layers, disc_in_channels=disc_in_channels,
                          disc_factor=disc_factor, disc_weight=disc_weight, use_actnorm=use_actnorm,
                          disc_conditional=disc_conditional, disc_loss=disc_loss)
         self.kl_weight = float(kl_weight)
         self.pixel_weight = float(pixelloss_weight)
+        self.pixel_loss = select_pixel_loss(pixel_loss)
         self.perceptual_weight = float(perceptual_weight)
         self.perceptual_loss = build_perceptual_loss(self.perceptual_weight, perceptual_random_trunk,
                                                      perceptual_vgg_path)
@@ -54,9 +57,9 @@ class LPIPSWithDiscriminator(AdversarialLoss):
         return [self.logvar] if self.learn_logvar else []
 
     def reconstruction_loss(self, inputs: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
-        """Per-pixel rec loss (B, C, H, W): weighted L1 plus the per-sample LPIPS broadcast over pixels."""
+        """Per-pixel rec loss (B, C, H, W): weighted L1 (or L2) plus the per-sample LPIPS broadcast over pixels."""
         inputs, reconstructions = inputs.contiguous(), reconstructions.contiguous()
-        rec = self.pixel_weight * torch.abs(inputs - reconstructions)
+        rec = self.pixel_weight * self.pixel_loss(inputs, reconstructions)
         if self.perceptual_loss is not None:
             rec = rec + self.perceptual_weight * self.perceptual_loss(inputs, reconstructions)
         return rec

@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from ldm.modules.losses.gan import AdversarialLoss
 from ldm.modules.losses.lpips import build_perceptual_loss
+from ldm.modules.losses.pixel import PIXEL_LOSSES, l1, l2, select_pixel_loss  # noqa: F401 (original names here)
 from ldm.util import ConfigError
 
 PERPLEXITY_EPS = 1e-10
-
-
-def l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-pixel absolute error."""
-    return torch.abs(x - y)
-
-
-def l2(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-pixel squared error."""
-    return torch.pow(x - y, 2)
-
-
-PIXEL_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"l1": l1, "l2": l2}
 
 
 def measure_perplexity(predicted_indices: torch.Tensor, n_embed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,15 +47,13 @@ class VQLPIPSWithDiscriminator(AdversarialLoss):
         super().__init__(disc_start, disc_num_layers=disc_num_layers, disc_in_channels=disc_in_channels,
                          disc_factor=disc_factor, disc_weight=disc_weight, use_actnorm=use_actnorm,
                          disc_conditional=disc_conditional, disc_loss=disc_loss, disc_ndf=disc_ndf)
-        if pixel_loss not in PIXEL_LOSSES:
-            raise ConfigError(f"pixel_loss must be one of {sorted(PIXEL_LOSSES)}, got {pixel_loss!r}")
         if perceptual_loss != "lpips":
             raise ConfigError(f"perceptual_loss {perceptual_loss!r} is not available; only 'lpips' is implemented")
         if n_classes is not None and n_classes <= 0:
             raise ConfigError(f"n_classes (codebook size for perplexity logging) must be positive, got {n_classes}")
         self.codebook_weight = float(codebook_weight)
         self.pixel_weight = float(pixelloss_weight)
-        self.pixel_loss = PIXEL_LOSSES[pixel_loss]
+        self.pixel_loss = select_pixel_loss(pixel_loss)
         self.perceptual_weight = float(perceptual_weight)
         self.perceptual_loss = build_perceptual_loss(self.perceptual_weight, perceptual_random_trunk,
                                                      perceptual_vgg_path)

@@ -5,7 +5,8 @@ from torch import nn
 
 from ldm.models.diffusion.first_stage import (FIRST_STAGE_CKPT_KEY, check_first_stage_checkpoint,
                                               deterministic_latent, freeze, instantiate_first_stage,
-                                              latent_from_posterior, latent_std, posterior_mode)
+                                              latent_channel_stats, latent_from_posterior, latent_std,
+                                              posterior_mode)
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
 from ldm.util import ConfigError, instantiate_from_config
 
@@ -57,3 +58,13 @@ def test_deterministic_latent_is_the_scaled_posterior_mode():
     expected = 0.5 * model.first_stage_model.encode(images).mode()
     assert z.dtype == torch.float32 and torch.allclose(z, expected)
     assert torch.equal(deterministic_latent(model, images), z)  # no sampling
+
+
+def test_latent_channel_stats_are_per_channel():
+    z = torch.randn(3, 4, 5, 5) * torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 4, 1, 1)
+    z = z + torch.tensor([0.0, 10.0, -10.0, 5.0]).view(1, 4, 1, 1)
+    mean, std = latent_channel_stats(z)
+    flat = z.transpose(0, 1).flatten(1)
+    assert mean.shape == std.shape == (4,)
+    assert torch.allclose(mean, flat.mean(1)) and torch.allclose(std, flat.std(1))
+    assert latent_std(z) > std.max()  # one global std also counts the channel offsets

@@ -138,3 +138,33 @@ def test_sample_with_guidance_uses_the_null_class():
     z = model.sample(cond=c, batch_size=2, steps=3, unconditional_guidance_scale=2.0, unconditional_conditioning=uc)
     assert z.shape == (2, 4, 8, 8) and torch.isfinite(z).all()
     assert model.denoiser(use_ema=True)(z, torch.tensor([5, 5]), c)[1].shape == z.shape
+
+
+def test_per_channel_latent_stats_standardise_each_channel_and_are_saved(tmp_path):
+    assert "latent_mean" not in build(scale_by_std=True).state_dict()  # the original layout unless asked for
+    model = build(scale_by_std=True, latent_stats="per_channel")
+    model.trainer = SimpleNamespace(global_step=0, strategy=SimpleNamespace(world_size=1))
+    b = dc.batch(n=4)
+    torch.manual_seed(3)
+    model.on_train_batch_start(b, 0)
+    torch.manual_seed(3)
+    z = latent_from_posterior(model.encode_first_stage(model.get_input_image(b)))  # the same draw, unscaled
+    per_channel = z.transpose(0, 1).flatten(1)
+    assert torch.allclose(model.latent_mean, per_channel.mean(1))
+    assert torch.allclose(model.latent_std, per_channel.std(1))
+    assert float(model.scale_factor) == 1.0
+    scaled = model.scale_latent(z).transpose(0, 1).flatten(1)
+    assert torch.allclose(scaled.mean(1), torch.zeros(z.shape[1]), atol=1e-5)
+    assert torch.allclose(scaled.std(1), torch.ones(z.shape[1]), atol=1e-5)
+    assert torch.allclose(model.unscale_latent(model.scale_latent(z)), z, atol=1e-5)
+    with torch.no_grad():  # decoding a diffusion latent goes through the inverse
+        assert torch.allclose(model.decode_first_stage(model.scale_latent(z)), model.first_stage_model.decode(z),
+                              atol=1e-5)
+    path = tmp_path / "ldm.ckpt"
+    torch.save({"state_dict": model.state_dict()}, path)
+    restored = build(scale_by_std=True, latent_stats="per_channel", ckpt_path=str(path))
+    assert torch.equal(restored.latent_mean, model.latent_mean) and torch.equal(restored.latent_std, model.latent_std)
+    with pytest.raises(ConfigError, match="latent_stats: per_channel .* needs scale_by_std: true"):
+        build(latent_stats="per_channel")
+    with pytest.raises(ConfigError, match="latent_stats must be one of global, per_channel"):
+        build(scale_by_std=True, latent_stats="channel")

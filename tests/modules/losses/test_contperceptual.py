@@ -55,6 +55,20 @@ def test_generator_loss_before_disc_start_is_nll_plus_kl_and_skips_d():
     assert decoder.weight.grad is not None
 
 
+def test_pixel_loss_l2_squares_the_error_and_bad_names_are_config_errors():
+    from ldm.util import ConfigError
+
+    loss = LPIPSWithDiscriminator(disc_start=10, perceptual_weight=0.0, kl_weight=0.0, pixel_loss="l2",
+                                  pixelloss_weight=2.0)
+    x, decoder, recon = _batch()
+    total, log = loss(x, recon, StubPosterior(torch.zeros(2)), 0, global_step=0, last_layer=decoder.weight)
+    squared = 2.0 * (x - recon) ** 2
+    assert log["train/rec_loss"].item() == pytest.approx(squared.mean().item(), rel=1e-6)
+    assert total.item() == pytest.approx((squared.sum() / 2).item(), rel=1e-6)
+    with pytest.raises(ConfigError, match=r"pixel_loss must be one of \['l1', 'l2'\], got 'l3'"):
+        LPIPSWithDiscriminator(disc_start=0, perceptual_weight=0.0, pixel_loss="l3")
+
+
 def test_generator_loss_after_disc_start_adds_adaptive_gan_term():
     loss = LPIPSWithDiscriminator(disc_start=10, perceptual_weight=0.0, kl_weight=1e-6, disc_weight=0.5,
                                   disc_factor=0.8)
