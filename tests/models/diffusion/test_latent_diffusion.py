@@ -47,14 +47,19 @@ def test_conditioning_key_defaults_and_frozen_parts():
         build(scale_by_std=True, scale_factor=0.18215)
 
 
-def test_scale_by_std_sets_one_over_std_on_the_first_batch(tmp_path):
-    model = build(scale_by_std=True)
+def _first_batch_latent(model, b):
+    """Run scale_by_std's first-batch estimate on b; returns the unscaled latent it saw (the same posterior draw)."""
     model.trainer = SimpleNamespace(global_step=0, strategy=SimpleNamespace(world_size=1))
-    b = dc.batch(n=4)
     torch.manual_seed(3)
     model.on_train_batch_start(b, 0)
     torch.manual_seed(3)
-    z = latent_from_posterior(model.encode_first_stage(model.get_input_image(b)))  # the same draw, unscaled
+    return latent_from_posterior(model.encode_first_stage(model.get_input_image(b)))
+
+
+def test_scale_by_std_sets_one_over_std_on_the_first_batch(tmp_path):
+    model = build(scale_by_std=True)
+    b = dc.batch(n=4)
+    z = _first_batch_latent(model, b)
     assert torch.allclose(model.scale_factor, 1.0 / z.flatten().std())
     assert float(model.scale_factor) != 1.0
     value = model.scale_factor.clone()
@@ -143,12 +148,8 @@ def test_sample_with_guidance_uses_the_null_class():
 def test_per_channel_latent_stats_standardise_each_channel_and_are_saved(tmp_path):
     assert "latent_mean" not in build(scale_by_std=True).state_dict()  # the original layout unless asked for
     model = build(scale_by_std=True, latent_stats="per_channel")
-    model.trainer = SimpleNamespace(global_step=0, strategy=SimpleNamespace(world_size=1))
     b = dc.batch(n=4)
-    torch.manual_seed(3)
-    model.on_train_batch_start(b, 0)
-    torch.manual_seed(3)
-    z = latent_from_posterior(model.encode_first_stage(model.get_input_image(b)))  # the same draw, unscaled
+    z = _first_batch_latent(model, b)
     per_channel = z.transpose(0, 1).flatten(1)
     assert torch.allclose(model.latent_mean, per_channel.mean(1))
     assert torch.allclose(model.latent_std, per_channel.std(1))
