@@ -59,7 +59,6 @@ def main() -> None:
     parser.add_argument("--logdir", default="logs")
     args = parser.parse_args()
     start = time.time()
-    shapes = ["data.params.train.params.source=shapes", "data.params.validation.params.source=shapes"]
 
     if args.stage1_run:
         ae_run = os.path.abspath(args.stage1_run)
@@ -67,7 +66,7 @@ def main() -> None:
             raise SystemExit(f"demo: {ae_run}/checkpoints/last.ckpt not found (--stage1-run wants a stage-1 run)")
     else:
         cmd = [sys.executable, "main.py", "--base", "configs/autoencoder_kl_f8.yaml", "configs/overlays/cpu.yaml",
-               "-t", "-n", "demo_kl_f8", "-l", args.logdir, *shapes]
+               "-t", "-n", "demo_kl_f8", "-l", args.logdir]  # the overlay's stage 1 trains on the shapes data
         if args.stage1_steps:
             cmd.append(f"lightning.trainer.max_steps={args.stage1_steps}")
         run(cmd)
