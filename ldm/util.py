@@ -51,10 +51,7 @@ def _model_class(merged: DictConfig, path: str) -> type:
     if target is None:
         raise ConfigError(f"{path}: its '{FOR_MODEL_KEY}' sections depend on model.target, which no earlier config "
                           "file sets (put this file after the model's config in --base)")
-    try:
-        return get_obj_from_str(LEGACY_TARGETS.get(str(target), str(target)))
-    except Exception as err:
-        raise ConfigError(f"{_where('model.target')}: cannot import '{target}': {err}") from err
+    return resolve_target(str(target), "model.target")
 
 
 def _model_sections(path: str, sections: Any, merged: DictConfig) -> list[tuple[str, DictConfig]]:
@@ -64,10 +61,7 @@ def _model_sections(path: str, sections: Any, merged: DictConfig) -> list[tuple[
     model_class = _model_class(merged, path)
     chosen = []
     for class_path, section in sections.items():
-        try:
-            section_class = get_obj_from_str(str(class_path))
-        except Exception as err:
-            raise ConfigError(f"{path}: {FOR_MODEL_KEY}.{class_path}: cannot import '{class_path}': {err}") from err
+        section_class = resolve_target(str(class_path), f"{path}: {FOR_MODEL_KEY}.{class_path}")
         if inspect.isclass(section_class) and issubclass(model_class, section_class):
             chosen.append((f"{path} ({FOR_MODEL_KEY}: {class_path})", section))
     if not chosen:
@@ -156,6 +150,19 @@ def get_obj_from_str(string: str, reload: bool = False) -> Any:
     return getattr(mod, name)
 
 
+def resolve_target(target_path: str, key_path: str) -> Any:
+    """The object a config's `target` names; a CompVis / taming name that cannot be imported falls back to ours
+    (LEGACY_TARGETS). Errors name `key_path` and its file."""
+    try:
+        return get_obj_from_str(target_path)
+    except ImportError as err:
+        if target_path not in LEGACY_TARGETS:
+            raise ConfigError(f"{_where(key_path)}: cannot import '{target_path}': {err}") from err
+        return get_obj_from_str(LEGACY_TARGETS[target_path])
+    except Exception as err:
+        raise ConfigError(f"{_where(key_path)}: cannot import '{target_path}': {err}") from err
+
+
 def _accepted_parameters(target: Any) -> tuple[set[str] | None, set[str]]:
     """Keyword names a callable accepts (None = anything) and those it requires.
 
@@ -207,14 +214,7 @@ def instantiate_from_config(config: Any, key_path: str | None = None, **extra_kw
     if "target" not in config:
         raise ConfigError(f"{_where(where)}: missing 'target' key (expected {{target: package.module.Class, params: {{...}}}})")
     target_path = str(config["target"])
-    try:
-        target = get_obj_from_str(target_path)
-    except ImportError as err:
-        if target_path not in LEGACY_TARGETS:
-            raise ConfigError(f"{_where(where + '.target')}: cannot import '{target_path}': {err}") from err
-        target = get_obj_from_str(LEGACY_TARGETS[target_path])
-    except Exception as err:
-        raise ConfigError(f"{_where(where + '.target')}: cannot import '{target_path}': {err}") from err
+    target = resolve_target(target_path, where + ".target")
 
     params = config.get("params", None)
     if params is None:

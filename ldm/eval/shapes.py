@@ -190,8 +190,7 @@ def accuracy(images: Any, targets: Sequence[Any] | Mapping[str, Any]) -> dict[st
     `targets`: captions (parsed with `parse_caption`), attribute dicts, class labels, or a collated shapes batch.
     Also returns `found` (fraction with an object) and `n`.
     """
-    detections = detect_batch(images)
-    return _scores(detections, _targets(targets, len(detections)))
+    return report(images, targets)["accuracy"]
 
 
 def report(images: Any, targets: Sequence[Any] | Mapping[str, Any]) -> dict[str, Any]:

@@ -80,18 +80,19 @@ def deterministic_latent(model: Any, images: torch.Tensor) -> torch.Tensor:
 
 def latent_std(z: torch.Tensor, strategy: Any = None) -> torch.Tensor:
     """Standard deviation of all latent entries in float32 (averaged over processes when a strategy is given)."""
-    std = z.detach().float().flatten().std()
+    return _mean_over_ranks(z.detach().float().flatten().std(), strategy)
+
+
+def _mean_over_ranks(value: torch.Tensor, strategy: Any) -> torch.Tensor:
+    """`value` averaged over DDP ranks: every rank saw a different batch, and all replicas must keep the same
+    latent statistics."""
     if strategy is not None and getattr(strategy, "world_size", 1) > 1:
-        # Every rank saw a different batch: agree on one value so all replicas keep the same scale_factor.
-        std = strategy.reduce(std, reduce_op="mean")
-    return std
+        return strategy.reduce(value, reduce_op="mean")
+    return value
 
 
 def latent_channel_stats(z: torch.Tensor, strategy: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, std) per latent channel (C,) in float32, over batch and pixels (averaged over processes like
     `latent_std`)."""
     z = z.detach().float().transpose(0, 1).flatten(1)
-    mean, std = z.mean(1), z.std(1)
-    if strategy is not None and getattr(strategy, "world_size", 1) > 1:
-        mean, std = strategy.reduce(mean, reduce_op="mean"), strategy.reduce(std, reduce_op="mean")
-    return mean, std
+    return _mean_over_ranks(z.mean(1), strategy), _mean_over_ranks(z.std(1), strategy)

@@ -6,7 +6,7 @@ import torch
 
 from ldm.modules.losses.gan import AdversarialLoss
 from ldm.modules.losses.lpips import build_perceptual_loss
-from ldm.modules.losses.pixel import PIXEL_LOSSES, l1, l2, select_pixel_loss  # noqa: F401 (original names here)
+from ldm.modules.losses.pixel import l1, l2, select_pixel_loss  # noqa: F401 (l1, l2: the original's names here)
 from ldm.util import ConfigError
 
 PERPLEXITY_EPS = 1e-10
