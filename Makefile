@@ -1,11 +1,12 @@
-# `make demo` trains the demo end to end on embedded data; `make test` runs the test suite. Both build .venv first.
+# `make demo` trains the demo end to end on embedded data (`make demo-long`: two-object scenes too); `make test` runs
+# the test suite. All build .venv first.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test bench clean
+.PHONY: install demo demo-long test bench clean
 
 install: $(VENV)/.installed
 
@@ -18,6 +19,9 @@ $(VENV)/.installed: requirements.txt setup.py
 
 demo: install
 	$(PY) scripts/demo.py
+
+demo-long: install
+	$(PY) scripts/demo.py --long
 
 test: install
 	WANDB_MODE=offline $(PY) -m pytest tests

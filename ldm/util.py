@@ -8,7 +8,10 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+import omegaconf
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+_omegaconf_version = tuple(int(p) for p in omegaconf.__version__.split(".")[:2])
 
 # Strings that stand in for a config in the CompVis interface; they are resolved by the model, not instantiated.
 SPECIAL_CONFIG_STRINGS = ("__is_first_stage__", "__is_unconditional__")
@@ -29,6 +32,22 @@ LEGACY_TARGETS = {
     "main.SetupCallback": "ldm.trainer.callbacks.SetupCallback",
     "main.CUDACallback": "ldm.trainer.callbacks.CUDACallback",
 }
+
+def latent_side(ddconfig: Any) -> int:
+    """Latent side of a first stage: `resolution / 2 ** (len(ch_mult) - 1)` (no `ch_mult`: f = 1, pixel space).
+
+    Registered as the config resolver `${ldm.latent_side:<ddconfig>}`, so an overlay that sets the image size can
+    give every first stage (f4, f8, ...) its latent size: `latent_size: ${ldm.latent_side:${model.first_stage_ddconfig}}`.
+    """
+    resolution = int(ddconfig["resolution"])
+    levels = len(ddconfig["ch_mult"]) if "ch_mult" in ddconfig else 1
+    return resolution // 2 ** (levels - 1)
+
+
+if not OmegaConf.has_resolver("ldm.latent_side"):
+    # OmegaConf 2.4 renamed register_new_resolver (now deprecated) back to register_resolver; 2.3 has only the former.
+    _register = OmegaConf.register_resolver if _omegaconf_version >= (2, 4) else OmegaConf.register_new_resolver
+    _register("ldm.latent_side", latent_side)
 
 # Files that were merged into the running config, in merge order: (path, loaded config). Filled by `load_configs`
 # so that an error about key `a.b.c` can say which file defined it.

@@ -2,8 +2,8 @@
 """Score a text- or class-conditional model trained on the shapes data: sample captions, check the samples.
 
 Writes a grid of the samples (one caption per image, in the order of the JSON) and prints and saves the checker's
-accuracy per attribute (chance: color 25%, shape 33%, size 50%, position 20%), what each colour / shape / position
-was read as, and each sample's caption and detection.
+accuracy per attribute (chance: color 25%, shape 33%, size 50%, position 20%) with its 95% confidence interval
+(Wilson), what each colour / shape / position was read as, and each sample's caption and detection.
 
     python scripts/eval_shapes.py -r logs/<stage-2 run> [--n 64] [--sampler ddim] [--steps 50] [--scale 3]
 """
@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--scale", type=float, default=3.0, help="classifier-free guidance scale (1 = none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--objects", type=int, default=1,
+                        help="objects per caption (2+: compositional captions such as 'a red circle at the left and "
+                             "a blue square at the right', scored per object and per scene)")
     parser.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
     parser.add_argument("--out", default=None, help="output prefix (default <run>/eval_shapes)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -46,20 +49,33 @@ def main(argv: list[str] | None = None) -> dict:
     from ldm.trainer.runs import load_model_from_run
     from PIL import Image
 
+    if args.objects < 1:
+        parser.error(f"--objects must be >= 1, got {args.objects}")
     model, _ = load_model_from_run(args.resume, device=args.device)
     images, captions, checked = evaluate(model, n=args.n, seed=args.seed, sampler=args.sampler, steps=args.steps,
-                                         scale=args.scale, batch_size=args.batch_size, use_ema=args.ema)
+                                         scale=args.scale, batch_size=args.batch_size, use_ema=args.ema,
+                                         num_objects=args.objects)
     acc = checked["accuracy"]
     run = args.resume if os.path.isdir(args.resume) else os.path.dirname(os.path.dirname(args.resume))
-    prefix = args.out or os.path.join(run, "eval_shapes")
+    prefix = args.out or os.path.join(run, "eval_shapes" if args.objects == 1 else f"eval_shapes_{args.objects}obj")
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     Image.fromarray(image_grid(images, nrow=8)).save(prefix + ".png")
-    result = {"accuracy": acc, "chance": CHANCE, "sampler": args.sampler, "steps": args.steps, "scale": args.scale,
-              "seed": args.seed, "ema": args.ema, "grid": prefix + ".png", "confusion": checked["confusion"],
+    result = {"accuracy": acc, "ci95": checked["ci95"], "chance": CHANCE, "objects": args.objects,
+              "sampler": args.sampler, "steps": args.steps, "scale": args.scale, "seed": args.seed, "ema": args.ema,
+              "grid": prefix + ".png", "confusion": checked.get("confusion"),
               "samples": [{"caption": c, "detected": d} for c, d in zip(captions, checked["detections"])]}
     atomic_write(prefix + ".json", lambda f: f.write(json.dumps(result, indent=1).encode()))
+    settings = f"{args.sampler} {args.steps} steps, scale {args.scale}"
+    ci = ", ".join(f"{k} {lo:.2f}-{hi:.2f}" for k, (lo, hi) in checked["ci95"].items())
+    if args.objects > 1:
+        print(" ".join(f"{k}={v:.3f}" for k, v in acc.items() if not k.startswith("n_")) +
+              f"  ({acc['n_images']} images, {acc['n_objects']} objects, {settings})")
+        print(f"  95% confidence intervals: {ci}")
+        print(f"grid: {prefix}.png  results: {prefix}.json")
+        return result
     print(" ".join(f"{k}={acc[k]:.3f}" for k in ("color", "shape", "size", "position", "all", "found")) +
-          f"  (n={acc['n']}, {args.sampler} {args.steps} steps, scale {args.scale})")
+          f"  (n={acc['n']}, {settings})")
+    print(f"  95% confidence intervals: {ci}")
     for name in ("color", "shape", "position"):
         print(f"  {name} read as: " + "; ".join(f"{target} -> " + ", ".join(f"{got} {count}" for got, count in
                                                   sorted(row.items(), key=lambda kv: -kv[1]))

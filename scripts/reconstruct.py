@@ -38,11 +38,23 @@ def reconstruct(model, x: torch.Tensor) -> torch.Tensor:
     return model(x, sample_posterior=False)[0]
 
 
+def background_error(x: torch.Tensor, rec: torch.Tensor) -> float:
+    """Mean over images of the largest per-channel difference (0-255 levels) between the background colours of the
+    inputs and of their reconstructions (the checker's background: the median of the border ring)."""
+    from ldm.eval.shapes import background_color
+
+    errors = [float(abs(background_color(a) - background_color(b)).max()) * 255.0
+              for a, b in zip(x.cpu(), rec.clamp(-1, 1).cpu())]
+    return sum(errors) / len(errors)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-r", "--resume", required=True, help="run folder (or a .ckpt inside its checkpoints/)")
     parser.add_argument("--n", type=int, default=8, help="number of validation images")
     parser.add_argument("--out", default=None, help="output PNG (default <run>/reconstructions.png)")
+    parser.add_argument("--grid-n", type=int, default=16, help="images shown in the PNG (all --n are scored)")
+    parser.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
 
@@ -59,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     l1 = (rec - x).abs().mean().item()
     run = args.resume if os.path.isdir(args.resume) else os.path.dirname(os.path.dirname(args.resume))
     out = args.out or os.path.join(run, "reconstructions.png")
-    grid_image([x, rec]).save(out)
+    grid_image([x[:args.grid_n], rec[:args.grid_n]]).save(out)
     metrics = {"images": len(items), "l1": round(l1, 4), "psnr_db": round(psnr, 2), "grid": out}
     if all("caption" in it for it in items) and type(dataset).__module__ == "ldm.data.shapes":
         # shapes data: does the checker still read each caption's attributes off the reconstruction?
@@ -67,7 +79,12 @@ def main(argv: list[str] | None = None) -> dict:
 
         acc = accuracy(rec.clamp(-1, 1).cpu(), [it["caption"] for it in items])
         metrics["shapes_accuracy"] = {k: round(v, 3) for k, v in acc.items() if k != "n"}
+        metrics["background_error"] = round(background_error(x, rec), 2)
     print(json.dumps(metrics))
+    if args.json:
+        from ldm.files import atomic_write
+
+        atomic_write(args.json, lambda f: f.write(json.dumps(metrics, indent=1).encode()))
     return metrics
 
 

@@ -20,6 +20,7 @@ for path in (TRAINER_TESTS, DIFFUSION_TESTS, os.path.dirname(HERE)):
 import main  # noqa: E402
 from diffusion_configs import cpu_stage1_checkpoint  # noqa: E402
 from ldm.checkpoint import load_checkpoint  # noqa: E402
+from ldm.trainer.shapes_accuracy import read_curve  # noqa: E402
 from trainer_helpers import ROOT, only_run_folder, run_main, subprocess_env, write_config  # noqa: E402
 
 
@@ -227,6 +228,9 @@ def test_ddp_two_processes_on_cpu_only_rank0_writes(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ stage 2
+SHAPES_ACCURACY_TINY = ["lightning.callbacks.shapes_accuracy.params.every_n_batches=1",
+                        "lightning.callbacks.shapes_accuracy.params.n=2",
+                        "lightning.callbacks.shapes_accuracy.params.steps=2"]
 LDM_TINY = ["model.params.unet_config.params.model_channels=32", "model.context_dim=32", "model.text_layers=1",
             "data.params.batch_size=2", "data.params.num_workers=0", "lightning.trainer.limit_val_batches=1",
             "lightning.trainer.enable_progress_bar=false", "lightning.trainer.enable_model_summary=false",
@@ -241,9 +245,14 @@ def test_latent_diffusion_trains_from_a_stage1_checkpoint_and_resumes(tmp_path, 
     base = [os.path.join(ROOT, "configs", "ldm_txt2img.yaml"), os.path.join(ROOT, "configs", "overlays", "cpu.yaml")]
     code = main.main(["-b", *base, "-t", "-l", str(logs), "--logger", "csv", *LDM_TINY,
                       f"model.params.first_stage_config.params.ckpt_path={ae}",
-                      "lightning.trainer.max_steps=2", "lightning.trainer.val_check_interval=2"])
+                      "lightning.trainer.max_steps=2", "lightning.trainer.val_check_interval=2",
+                      *SHAPES_ACCURACY_TINY])
     assert code == 0
     run = only_run_folder(logs)
+    curve = read_curve(run)  # the overlay's ShapesAccuracy callback: a point per batch here
+    assert [row["batch"] for row in curve] == [1, 2] and all(0 <= row["color"] <= 1 for row in curve)
+    assert all(row["position_ci95_low"] <= row["position"] <= row["position_ci95_high"] for row in curve)
+    assert _rows(run, "shapes/color")
     state = load_checkpoint(os.path.join(run, "checkpoints", "last.ckpt"))
     assert state["global_step"] == 2
     sd = state["state_dict"]
@@ -258,5 +267,6 @@ def test_latent_diffusion_trains_from_a_stage1_checkpoint_and_resumes(tmp_path, 
     assert code == 0
     state = load_checkpoint(os.path.join(run, "checkpoints", "last.ckpt"))
     assert state["global_step"] == 4
+    assert [row["batch"] for row in read_curve(run)] == [1, 2, 3, 4]  # the resumed run extends the curve
     assert float(state["state_dict"]["scale_factor"]) == scale  # not re-estimated on resume
     assert "resuming from" in capsys.readouterr().out

@@ -142,7 +142,7 @@ def test_a_key_from_a_for_model_section_is_traced_to_it(tmp_path):
 
 @pytest.mark.parametrize("config, kind", [("autoencoder_kl_f8", "stage 1"), ("autoencoder_vq_f4", "stage 1"),
                                           ("ldm_txt2img", "stage 2"), ("ddpm_pixel", "stage 2"),
-                                          ("ldm_inpainting", "stage 2")])
+                                          ("ldm_inpainting", "stage 2"), ("ldm_txt2img_f4", "stage 2")])
 def test_the_cpu_overlay_sizes_each_stage(repo_root, config, kind):
     cfg = load_configs([f"{repo_root}/configs/{config}.yaml", f"{repo_root}/configs/overlays/cpu.yaml"])
     assert cfg.lightning.trainer.accelerator == "cpu" and "for_model" not in cfg
@@ -150,4 +150,16 @@ def test_the_cpu_overlay_sizes_each_stage(repo_root, config, kind):
         assert cfg.model.params.ddconfig.ch == 32 and cfg.data.params.batch_size == 4
     else:
         assert cfg.model.params.unet_config.params.model_channels == 64 and cfg.data.params.batch_size == 16
-        assert cfg.model.latent_size == 8
+        # 64 px images: latent side 64 / f (f8: 8, f4: 16; the pixel model's "first stage" is f = 1)
+        assert cfg.model.latent_size == {"ddpm_pixel": 64, "ldm_txt2img_f4": 16}.get(config, 8)
+
+
+def test_latent_side_resolver_follows_the_first_stage():
+    from omegaconf import OmegaConf
+
+    from ldm.util import latent_side
+
+    assert latent_side({"resolution": 64, "ch_mult": [1, 2, 4, 4]}) == 8
+    assert latent_side({"resolution": 256, "ch_mult": [1, 2, 4]}) == 64 and latent_side({"resolution": 64}) == 64
+    cfg = OmegaConf.create({"dd": {"resolution": 64, "ch_mult": [1, 2, 4]}, "size": "${ldm.latent_side:${dd}}"})
+    assert cfg.size == 16

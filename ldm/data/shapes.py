@@ -44,6 +44,7 @@ CENTROID_OFFSETS = {"circle": 0.0, "square": 0.0, "triangle": 1.0 / 6.0}
 # (column, row) of each position's third-cell; the object's bounding-box centre lies in that cell.
 POSITION_CELLS = {"left": (0, 1), "right": (2, 1), "top": (1, 0), "bottom": (1, 2), "center": (1, 1)}
 EDGE_MARGIN = 0.03  # minimum gap between the object and the image border (fraction of the side)
+PLACEMENT_TRIES = 20  # multi-object images: redraws of a later object's jitter to keep it clear of earlier ones
 
 CAPTION_TEMPLATES = (
     "a {size} {color} {shape} at the {position}",  # canonical
@@ -186,19 +187,35 @@ def place_object(attributes: Mapping[str, Any], rng: np.random.Generator, size_j
     return (cx, cy), float(extent)
 
 
+def _overlaps(box: tuple[float, float, float], others: list[tuple[float, float, float]], gap: float) -> bool:
+    """Whether a bounding box (cx, cy, extent) comes within `gap` of any of `others` (all fractions of the side)."""
+    return any(abs(box[0] - o[0]) < (box[2] + o[2]) / 2 + gap and abs(box[1] - o[1]) < (box[2] + o[2]) / 2 + gap
+               for o in others)
+
+
 def render_shape(attributes: Mapping[str, Any] | Sequence[Mapping[str, Any]], size: int = 64,
                  rng: np.random.Generator | int | None = None, size_jitter: float = 0.1,
                  position_jitter: float = 0.06, supersample: int | None = None) -> np.ndarray:
-    """Render one object (or a list of objects, drawn in order) on a light plain background: uint8 (H, W, 3)."""
+    """Render one object (or a list of objects, drawn in order) on a light plain background: uint8 (H, W, 3).
+
+    With several objects, each later object's jitter is redrawn (up to PLACEMENT_TRIES times) until its bounding box
+    keeps a one-pixel gap from the earlier ones, so objects touch only where their sizes and cells leave no room.
+    """
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     objects = [attributes] if isinstance(attributes, Mapping) else list(attributes)
     if supersample is None:
         supersample = 8 if size <= 256 else 4
     background = rng.uniform(*BACKGROUND_RANGE, size=3)
     image = np.broadcast_to(background, (size, size, 3)).astype(np.float64)
+    boxes: list[tuple[float, float, float]] = []
     for obj in objects:
         attrs = normalize_attributes(obj)
         (cx, cy), extent = place_object(attrs, rng, size_jitter, position_jitter)
+        for _ in range(PLACEMENT_TRIES if boxes else 0):
+            if not _overlaps((cx, cy, extent), boxes, 1.0 / size):
+                break
+            (cx, cy), extent = place_object(attrs, rng, size_jitter, position_jitter)
+        boxes.append((cx, cy, extent))
         alpha = shape_coverage(attrs["shape"], (cx * size, cy * size), extent * size, size, supersample)
         color = np.asarray(PALETTE[attrs["color"]], dtype=np.float64)
         image = image + alpha[..., None] * (color - image)  # "over" compositing with coverage as alpha
@@ -213,16 +230,20 @@ class ShapesDataset(Dataset):
     epoch size (any size is valid: the data are procedural). `paraphrase_prob` is the chance of a non-canonical
     caption template. With `balanced=True` item `i` has class `i % 120`, so every 120 consecutive items cover all
     combinations. `num_objects > 1` draws that many objects at distinct positions (caption parts joined by " and ";
-    the attribute keys and class_label then describe the first object, all objects are under `objects`).
+    the attribute keys and class_label then describe the first object, all objects are under `objects`). A list
+    such as `[1, 2]` draws the count per item uniformly from it (a mix of one- and two-object scenes; items then
+    have no `objects` key, since batches of different counts cannot be collated: the caption names them all).
     """
 
     def __init__(self, size: int = 64, length: int = 10000, split: str = "train", seed: int = 0,
-                 paraphrase_prob: float = 0.0, num_objects: int = 1, size_jitter: float = 0.1,
+                 paraphrase_prob: float = 0.0, num_objects: int | Sequence[int] = 1, size_jitter: float = 0.1,
                  position_jitter: float = 0.06, balanced: bool = False):
         if split not in SPLIT_CODES:
             raise ValueError(f"unknown split '{split}'; expected one of {sorted(SPLIT_CODES)}")
-        if not 1 <= num_objects <= len(POSITIONS):
-            raise ValueError(f"num_objects must be in 1..{len(POSITIONS)} (one object per position), got {num_objects}")
+        counts = (num_objects,) if isinstance(num_objects, (int, np.integer)) else tuple(num_objects)
+        if not counts or not all(isinstance(c, (int, np.integer)) and 1 <= c <= len(POSITIONS) for c in counts):
+            raise ValueError(f"num_objects must be in 1..{len(POSITIONS)} (one object per position), or a list of "
+                             f"such counts, got {num_objects}")
         if size < 8:
             raise ValueError(f"size must be at least 8 pixels, got {size}")
         if length < 1:
@@ -230,7 +251,9 @@ class ShapesDataset(Dataset):
         if not 0.0 <= paraphrase_prob <= 1.0:
             raise ValueError(f"paraphrase_prob must be in [0, 1], got {paraphrase_prob}")
         self.size, self.length, self.split, self.seed = int(size), int(length), split, int(seed)
-        self.paraphrase_prob, self.num_objects, self.balanced = float(paraphrase_prob), int(num_objects), balanced
+        self.object_counts = tuple(int(c) for c in counts)
+        self.num_objects = max(self.object_counts)  # the most objects an item may hold
+        self.paraphrase_prob, self.balanced = float(paraphrase_prob), balanced
         self.size_jitter, self.position_jitter = float(size_jitter), float(position_jitter)
 
     def __len__(self) -> int:
@@ -249,9 +272,12 @@ class ShapesDataset(Dataset):
     def _objects(self, index: int, rng: np.random.Generator) -> list[dict[str, str]]:
         first = attributes_for_class(index % NUM_CLASSES) if self.balanced else sample_attributes(rng)
         objects = [first]
-        if self.num_objects > 1:
+        count = self.object_counts[0]
+        if len(self.object_counts) > 1:
+            count = self.object_counts[int(rng.integers(len(self.object_counts)))]
+        if count > 1:
             free = [p for p in POSITIONS if p != first["position"]]
-            for position in rng.permutation(free)[: self.num_objects - 1]:
+            for position in rng.permutation(free)[: count - 1]:
                 extra = sample_attributes(rng)
                 extra["position"] = str(position)
                 objects.append(extra)
@@ -279,7 +305,7 @@ class ShapesDataset(Dataset):
             "class_label": class_label_for(objects[0]),
             **objects[0],
         }
-        if self.num_objects > 1:
+        if len(self.object_counts) == 1 and self.num_objects > 1:
             item["objects"] = objects
         return item
 

@@ -13,8 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ldm.data.shapes import NUM_CLASSES, attributes_for_class, caption_for, class_label_for, parse_caption
+from ldm.data.shapes import (NUM_CLASSES, POSITIONS, attributes_for_class, caption_for, class_label_for,
+                             parse_caption)
 from ldm.eval.shapes import report
+from ldm.eval.shapes_scenes import OBJECT_SEPARATOR, scene_report
 from ldm.inference.codec import decode_latents
 
 CHANCE = {"shape": 1 / 3, "color": 1 / 4, "size": 1 / 2, "position": 1 / 5}
@@ -29,6 +31,24 @@ def evaluation_captions(n: int, seed: int = 0) -> list[str]:
     while len(labels) < n:
         labels.extend(rng.permutation(NUM_CLASSES).tolist())
     return [caption_for(attributes_for_class(label)) for label in labels[:n]]
+
+
+def scene_captions(n: int, num_objects: int = 2, seed: int = 0) -> list[str]:
+    """n canonical captions of `num_objects` objects at distinct positions (joined as ShapesDataset joins them):
+    the first object runs through the 120 combinations as `evaluation_captions` does, the others are random."""
+    if not 1 <= num_objects <= len(POSITIONS):
+        raise ValueError(f"num_objects must be in 1..{len(POSITIONS)}, got {num_objects}")
+    rng = np.random.default_rng([seed, num_objects])
+    captions = []
+    for first in evaluation_captions(n, seed):
+        objects = [parse_caption(first)]
+        free = [p for p in POSITIONS if p != objects[0]["position"]]
+        for position in rng.permutation(free)[: num_objects - 1]:
+            extra = attributes_for_class(int(rng.integers(NUM_CLASSES)))
+            extra["position"] = str(position)
+            objects.append(extra)
+        captions.append(OBJECT_SEPARATOR.join(caption_for(obj) for obj in objects))
+    return captions
 
 
 def raw_conditioning(model: Any, captions: Sequence[str]) -> Any:
@@ -60,10 +80,20 @@ def generate(model: Any, captions: Sequence[str], sampler: str = "ddim", steps: 
     return torch.cat(out)
 
 
-def evaluate(model: Any, n: int = 64, seed: int = 0, **generate_kwargs: Any) -> tuple[torch.Tensor, list[str],
-                                                                                     dict[str, Any]]:
-    """(images, captions, report) for n balanced captions: `report["accuracy"]` per attribute, `all`, `found`, `n`;
-    `report["confusion"]` and per-image `report["detections"]` (see `ldm.eval.shapes.report`)."""
+def evaluate(model: Any, n: int = 64, seed: int = 0, num_objects: int = 1,
+             **generate_kwargs: Any) -> tuple[torch.Tensor, list[str], dict[str, Any]]:
+    """(images, captions, report) for n balanced captions: `report["accuracy"]` per attribute, `all`, `found`, `n`,
+    `report["ci95"]`, `report["confusion"]` and per-image `report["detections"]` (see `ldm.eval.shapes.report`).
+
+    With `num_objects` > 1 the captions name that many objects and the report is `ldm.eval.shapes_scenes.
+    scene_report`'s (object- and scene-level accuracy); class-conditional models have one object per label.
+    """
+    if num_objects > 1:
+        if getattr(model, "cond_stage_key", "caption") != "caption":
+            raise ValueError("captions with several objects need a text-conditional model")
+        captions = scene_captions(n, num_objects, seed)
+        images = generate(model, captions, seed=seed, **generate_kwargs)
+        return images, captions, scene_report(images, captions)
     captions = evaluation_captions(n, seed)
     images = generate(model, captions, seed=seed, **generate_kwargs)
     return images, captions, report(images, captions)

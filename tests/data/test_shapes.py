@@ -145,6 +145,19 @@ def test_multiple_objects():
         ShapesDataset(num_objects=6)
 
 
+def test_mixed_object_counts_collate_and_keep_single_object_items_deterministic():
+    from torch.utils.data import default_collate
+
+    mixed = ShapesDataset(length=64, num_objects=[1, 2])
+    counts = [mixed[i]["caption"].count(" and ") + 1 for i in range(len(mixed))]
+    assert set(counts) == {1, 2} and mixed.num_objects == 2 and 20 < counts.count(2) < 44
+    batch = default_collate([mixed[i] for i in range(8)])  # no ragged `objects` key
+    assert len(batch["caption"]) == 8 and "objects" not in batch
+    assert ShapesDataset(length=4)[3]["caption"] == ShapesDataset(length=4, num_objects=[1])[3]["caption"]
+    with pytest.raises(ValueError, match="list of such counts"):
+        ShapesDataset(num_objects=[1, 7])
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="split"):
         ShapesDataset(split="dev")

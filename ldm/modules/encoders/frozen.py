@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ldm.modules.encoders.base import AbstractEncoder
+from ldm.modules.encoders.cache import CaptionCache
 from ldm.modules.encoders.pretrained import (CLIP_VOCAB_SIZE, check_vocab, default_text_model_path, load_model,
                                              load_tokenizer)
 
@@ -60,6 +61,8 @@ class FrozenHFTextEncoder(AbstractEncoder):
     Output: (B, max_length, hidden) for layer="last" (MiniLM: hidden 384), hidden_states[layer_idx] for
     layer="hidden", pooler_output as (B, 1, hidden) for layer="pooled". Padding is masked out of attention.
     `device` is accepted for config compatibility; tokens follow the parameters. `freeze=False` lets it train.
+    `cache_size` > 0 (frozen only) memoises the features of that many distinct captions (`CaptionCache`), so a
+    caption seen before costs no transformer pass; the memo is cleared when weights, device or dtype change.
     """
 
     LAYERS = ("last", "pooled", "hidden")
@@ -68,8 +71,11 @@ class FrozenHFTextEncoder(AbstractEncoder):
 
     def __init__(self, path_or_id: str | None = None, max_length: int = 77, layer: str = "last",
                  layer_idx: int | None = None, device: Any = None, freeze: bool = True, ucg_rate: float = 0.0,
-                 use_attention_mask: bool = True, expected_vocab_size: int | None = None):
+                 use_attention_mask: bool = True, expected_vocab_size: int | None = None, cache_size: int = 0):
         super().__init__(ucg_rate=ucg_rate)
+        if cache_size and not freeze:
+            raise ValueError("cache_size needs freeze=True: a training text encoder changes its features every step")
+        self.cache = CaptionCache(cache_size)
         if layer not in self.LAYERS:
             raise ValueError(f"layer must be one of {self.LAYERS}, got '{layer}'")
         self.version = path_or_id or default_text_model_path()
@@ -120,8 +126,21 @@ class FrozenHFTextEncoder(AbstractEncoder):
                                padding="max_length", return_tensors="pt")
         return {key: batch[key].to(self.device) for key in ("input_ids", "attention_mask") if key in batch}
 
+    def _apply(self, *args: Any, **kwargs: Any) -> "FrozenHFTextEncoder":
+        self.cache.clear()  # .to(device / dtype): memoised rows are stale
+        return super()._apply(*args, **kwargs)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self.cache.clear()  # new weights
+        super()._load_from_state_dict(*args, **kwargs)
+
     def forward(self, text: str | Sequence[str]) -> torch.Tensor:
-        """Captions -> the selected layer's features."""
+        """Captions -> the selected layer's features (memoised per caption when `cache_size` > 0)."""
+        if self.cache.capacity and self.frozen:
+            return self.cache.lookup(as_text_list(text), self._encode)
+        return self._encode(text)
+
+    def _encode(self, text: str | Sequence[str]) -> torch.Tensor:
         tokens = self.tokenize(text)
         inputs = {"input_ids": tokens["input_ids"]}
         if self.use_attention_mask and "attention_mask" in tokens:
@@ -157,10 +176,10 @@ class FrozenCLIPEmbedder(FrozenHFTextEncoder):
 
     def __init__(self, version: str = "openai/clip-vit-large-patch14", device: Any = None, max_length: int = 77,
                  freeze: bool = True, layer: str = "last", layer_idx: int | None = None, ucg_rate: float = 0.0,
-                 expected_vocab_size: int | None = CLIP_VOCAB_SIZE):
+                 expected_vocab_size: int | None = CLIP_VOCAB_SIZE, cache_size: int = 0):
         super().__init__(path_or_id=version, max_length=max_length, layer=layer, layer_idx=layer_idx,
                          device=device, freeze=freeze, ucg_rate=ucg_rate, use_attention_mask=False,
-                         expected_vocab_size=expected_vocab_size)
+                         expected_vocab_size=expected_vocab_size, cache_size=cache_size)
         self.register_load_state_dict_pre_hook(_drop_stale_position_ids)
 
     def _load(self, source: str, expected_vocab: int | None) -> tuple[Any, nn.Module]:

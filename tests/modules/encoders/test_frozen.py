@@ -139,3 +139,27 @@ def test_vocab_checks_and_path_rules():
     check_vocab(Fake(500), "x", expected=500, model_vocab=500)
     assert looks_like_path("/abs/dir") and looks_like_path("./rel") and looks_like_path("a/b/c")
     assert not looks_like_path("openai/clip-vit-large-patch14") and not looks_like_path("bert-base-uncased")
+
+
+def test_caption_cache_gives_the_uncached_features_and_encodes_each_caption_once(minilm):
+    cached = FrozenHFTextEncoder(max_length=16, cache_size=3)
+    calls = []
+    encode = cached._encode
+    cached._encode = lambda text: calls.append(list(text)) or encode(text)
+    captions = ["a red circle", "", "a red circle", "a blue square at the top"]
+    first = cached(captions)
+    assert calls == [["a red circle", "", "a blue square at the top"]]  # distinct misses, one call
+    torch.testing.assert_close(first, encode(captions), atol=1e-5, rtol=1e-5)
+    again = cached(["", "a blue square at the top"])
+    assert len(calls) == 1 and torch.equal(again, first[[1, 3]])  # all hits
+    cached(["a green triangle"])  # a 4th caption evicts the least recently used ("a red circle")
+    assert len(cached.cache) == 3 and cached.cache.hits == 2 and cached.cache.misses == 4
+    cached(["a red circle"])
+    assert calls[-1] == ["a red circle"]
+    cached.load_state_dict(cached.state_dict())  # new weights (or a device move) forget the memo
+    assert len(cached.cache) == 0
+
+
+def test_caption_cache_needs_a_frozen_encoder():
+    with pytest.raises(ValueError, match="cache_size needs freeze=True"):
+        FrozenHFTextEncoder(max_length=16, cache_size=8, freeze=False)
