@@ -1,16 +1,10 @@
 """scripts/demo.py end to end with 2 batches per stage: every CLI it runs works together and the summary prints."""
 import os
-import subprocess
-import sys
-
-from conftest import ROOT, script_env
 
 
-def test_demo_runs_both_stages_and_reports_accuracy_curve_and_scenes(tmp_path):
-    logdir = os.path.relpath(tmp_path / "logs", ROOT)
-    out = subprocess.run([sys.executable, "scripts/demo.py", "--stage1-steps", "2", "--stage2-steps", "2",
-                          "--eval-n", "4", "--long", "--logdir", logdir], cwd=ROOT, env=script_env(),
-                         capture_output=True, text=True, timeout=600)
+def test_demo_runs_both_stages_and_reports_accuracy_curve_and_scenes(tmp_path, run_script):
+    out = run_script("demo", "--stage1-steps", 2, "--stage2-steps", 2, "--eval-n", 4, "--long",
+                     "--logdir", tmp_path / "logs", timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout
     assert "=== demo finished in" in text and "stage 1 run:" in text

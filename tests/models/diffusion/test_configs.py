@@ -264,7 +264,8 @@ def test_full_configs_keep_the_paper_settings(repo_root):
     unet = p["unet_config"]["params"]
     assert (unet["model_channels"], unet["channel_mult"], unet["attention_resolutions"], unet["num_heads"],
             unet["context_dim"]) == (320, [1, 2, 4, 4], [4, 2, 1], 8, 1280)
-    assert p["cond_stage_config"]["params"] == {"n_embed": 1280, "n_layer": 32, "ucg_rate": 0.1}
+    assert p["cond_stage_config"]["params"] == {"n_embed": 1280, "n_layer": 32, "max_seq_len": 77,
+                                                 "ucg_rate": 0.1}  # 77: the original default, explicit
     assert p["first_stage_config"]["params"]["lossconfig"]["target"] == "torch.nn.Identity"
     assert p["scheduler_config"]["params"]["warm_up_steps"] == [10000]
     cin = load_configs([f"{repo_root}/configs/ldm_cin.yaml"]).model.params.cond_stage_config.params
