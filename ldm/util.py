@@ -37,7 +37,8 @@ def latent_side(ddconfig: Any) -> int:
     """Latent side of a first stage: `resolution / 2 ** (len(ch_mult) - 1)` (no `ch_mult`: f = 1, pixel space).
 
     Registered as the config resolver `${ldm.latent_side:<ddconfig>}`, so an overlay that sets the image size can
-    give every first stage (f4, f8, ...) its latent size: `latent_size: ${ldm.latent_side:${model.first_stage_ddconfig}}`.
+    give every first stage (f4, f8, ...) its latent size:
+    `latent_size: ${ldm.latent_side:${model.first_stage_ddconfig}}`.
     """
     resolution = int(ddconfig["resolution"])
     levels = len(ddconfig["ch_mult"]) if "ch_mult" in ddconfig else 1

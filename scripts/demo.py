@@ -57,7 +57,8 @@ def overlay_stage2_steps() -> int:
     sys.path.insert(0, ROOT)
     from ldm.util import load_configs
 
-    return int(load_configs([os.path.join(ROOT, STAGE2_CONFIG), os.path.join(ROOT, OVERLAY)]).lightning.trainer.max_steps)
+    config = load_configs([os.path.join(ROOT, STAGE2_CONFIG), os.path.join(ROOT, OVERLAY)])
+    return int(config.lightning.trainer.max_steps)
 
 
 def print_curve(run_dir: str) -> None:

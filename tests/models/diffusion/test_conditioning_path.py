@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from diffusion_configs import ROOT, batch, bert, ldm_config, unet_config
+from diffusion_configs import ROOT, batch, ldm_config, unet_config
 from ldm.util import instantiate_from_config
 
 
