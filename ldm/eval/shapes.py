@@ -56,7 +56,7 @@ def to_unit_rgb(image: Any) -> np.ndarray:
     return np.clip((image.astype(np.float64) + 1.0) / 2.0, 0.0, 1.0)
 
 
-def _iter_images(images: Any) -> list[Any]:
+def iter_images(images: Any) -> list[Any]:
     """Split a batch (B,H,W,C / B,C,H,W array or tensor, or a sequence of images) into single images."""
     if hasattr(images, "detach"):
         images = _to_numpy(images)
@@ -214,7 +214,7 @@ def detect_objects(image: Any, threshold: float = 0.25, min_area_fraction: float
 
 def detect_batch(images: Any, **kwargs: Any) -> list[dict[str, Any]]:
     """`detect` for each image of a batch (B,H,W,C or B,C,H,W array/tensor, or a sequence of images)."""
-    return [detect(image, **kwargs) for image in _iter_images(images)]
+    return [detect(image, **kwargs) for image in iter_images(images)]
 
 
 def _targets(targets: Any, count: int) -> list[dict[str, str]]:

@@ -15,7 +15,7 @@ import numpy as np
 
 from ldm.data.shapes import ATTRIBUTES, parse_caption
 from ldm.eval.intervals import wilson_interval
-from ldm.eval.shapes import _iter_images, detect_objects
+from ldm.eval.shapes import iter_images, detect_objects
 
 OBJECT_SEPARATOR = " and "  # how ShapesDataset(num_objects > 1) joins the parts of a caption
 OBJECT_METRICS = (*ATTRIBUTES, "all")
@@ -41,7 +41,7 @@ def match_objects(wanted: Sequence[dict[str, str]], found: Sequence[dict[str, An
 
 def scene_report(images: Any, captions: Sequence[str]) -> dict[str, Any]:
     """Object- and scene-level accuracy (with 95% Wilson intervals) of multi-object captions, plus the detections."""
-    images = _iter_images(images)
+    images = iter_images(images)
     if len(images) != len(captions) or not captions:
         raise ValueError(f"got {len(images)} images for {len(captions)} captions (need the same, at least one)")
     object_hits: dict[str, list[bool]] = {name: [] for name in OBJECT_METRICS}
