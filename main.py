@@ -2,7 +2,7 @@
 
     python main.py --base configs/autoencoder_kl_f8.yaml configs/overlays/cpu.yaml -t
     python main.py --base configs/x.yaml -t model.params.embed_dim=8 lightning.trainer.max_steps=100
-    python main.py -r logs/<run>                      # continue a run from checkpoints/last.ckpt
+    python main.py -r logs/<run>                      # continue training from checkpoints/last.ckpt
 
 This file only parses arguments, merges configs, builds objects and runs them; the Lightning glue lives in
 `ldm/trainer/`. Configs may name `main.DataModuleFromConfig`, `main.ImageLogger`, `main.SetupCallback` and
@@ -17,6 +17,7 @@ from argparse import Namespace
 from typing import Any
 
 from ldm.checkpoint import CheckpointError
+from ldm.targets import ALLOW_ENV
 from ldm.trainer.callbacks import CUDACallback, SetupCallback  # noqa: F401  (CompVis config targets)
 from ldm.trainer.cli import UsageError, load_run_config, parse_args, resolve_resume
 from ldm.trainer.image_logger import ImageLogger  # noqa: F401  (CompVis config target)
@@ -44,6 +45,14 @@ def say(message: str) -> None:
         print(message, flush=True)
 
 
+def complain(message: str) -> None:
+    """Print an error line to stderr on global rank 0 only."""
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank == 0:
+        print(message, file=sys.stderr, flush=True)
+
+
 def build(opt: Namespace, dotlist: list[str]) -> dict[str, Any]:
     """Config, model, data, callbacks, loggers and Trainer; writes no files (errors here leave no run folder)."""
     import pytorch_lightning as pl
@@ -51,16 +60,20 @@ def build(opt: Namespace, dotlist: list[str]) -> dict[str, Any]:
     from pytorch_lightning.utilities.exceptions import MisconfigurationException
     from pytorch_lightning.utilities.model_helpers import is_overridden
 
-    from ldm.trainer.build import checkpoint_config, configured_callbacks, learning_rate, trainer_kwargs
+    from ldm.trainer.build import checkpoint_config, config_number, configured_callbacks, learning_rate, trainer_kwargs
     from ldm.trainer.checkpoint_io import AtomicCheckpointIO
     from ldm.trainer.loggers import build_loggers
     from ldm.trainer.progress import ThroughputProgressBar, TrainingStats
     from ldm.trainer.signals import CheckpointOnSignal
     from ldm.util import instantiate_from_config
 
+    from ldm.trainer.checks import check_writable_logdir, fit_intervals_to_epoch
+
     resume = resolve_resume(opt.resume) if opt.resume else None
     logdir, now = choose_logdir(opt.logdir, opt.name, opt.postfix, opt.base, resume.logdir if resume else None)
     paths = RunPaths(logdir)
+    if opt.train:
+        check_writable_logdir(logdir)
     config = load_run_config(opt, dotlist, resume)
     pl.seed_everything(opt.seed, workers=True)
     lightning_cfg = config.get("lightning") or OmegaConf.create()
@@ -87,7 +100,7 @@ def build(opt: Namespace, dotlist: list[str]) -> dict[str, Any]:
         callbacks.append(ThroughputProgressBar(stats, max_batches=max_batches if (max_batches or 0) > 0 else None))
     try:
         trainer = pl.Trainer(**trainer_cfg, logger=loggers, callbacks=callbacks, default_root_dir=logdir,
-                             plugins=[AtomicCheckpointIO(trusted_dirs=[paths.ckptdir])])
+                             plugins=[AtomicCheckpointIO(unsafe_files=opt.unsafe_load)])
     except (MisconfigurationException, ValueError, TypeError) as err:
         raise ConfigError(f"lightning.trainer: {err}") from err
 
@@ -98,14 +111,19 @@ def build(opt: Namespace, dotlist: list[str]) -> dict[str, Any]:
         data.setup("fit" if opt.train else "test")
     for split, dataset in (getattr(data, "datasets", None) or {}).items():
         say(f"data: {split}: {type(dataset).__name__}, {len(dataset)} examples")
+    if opt.train:
+        notes += fit_intervals_to_epoch(trainer, data)
 
     if opt.train:
         base_lr = OmegaConf.select(config, "model.base_learning_rate")
         batch_size = OmegaConf.select(config, "data.params.batch_size") or getattr(data, "batch_size", None)
         if base_lr is None or batch_size is None:
             raise ConfigError("model.base_learning_rate and data.params.batch_size are needed to set the learning rate")
-        accumulate = int(OmegaConf.select(lightning_cfg, "trainer.accumulate_grad_batches", default=1) or 1)
-        model.learning_rate, message = learning_rate(float(base_lr), int(batch_size), accumulate,
+        base_lr = config_number(base_lr, "model.base_learning_rate", float)
+        accumulate = config_number(OmegaConf.select(lightning_cfg, "trainer.accumulate_grad_batches", default=1) or 1,
+                                   "lightning.trainer.accumulate_grad_batches", int)
+        model.learning_rate, message = learning_rate(base_lr, config_number(batch_size, "data.params.batch_size", int),
+                                                     accumulate,
                                                      trainer.num_devices, trainer.num_nodes, scale=opt.scale_lr)
         notes.append(message)
     for note in notes:
@@ -124,19 +142,39 @@ def _cleanup(built: dict[str, Any]) -> None:
         say(f"removed the run folder {built['paths'].logdir}: no training batch ran")
 
 
+def _report_divergence(err: Exception, built: dict[str, Any]) -> None:
+    """One-line error for a diverged run, and which checkpoint is still good."""
+    checkpoint = built["checkpoint"]
+    path, batch = checkpoint.last_good if checkpoint is not None else (None, None)
+    if path is None:
+        where = "no checkpoint of this run exists (it diverged before the first save)"
+    elif batch is None:
+        where = f"last good checkpoint: {path} (the one this run started from)"
+    else:
+        where = f"last good checkpoint: {path} (after {batch} training batches)"
+    complain(f"error: training stopped: {err}; {where}")
+
+
 def run(opt: Namespace, built: dict[str, Any]) -> int:
     """Fit (and test); hand the run folder to DDP ranks; report wandb sync; returns the exit status."""
     import warnings
 
+    from omegaconf import OmegaConf
     from pytorch_lightning.utilities.exceptions import SIGTERMException
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     from ldm.trainer.loggers import finish_wandb, start_wandb
 
+    from ldm.files import remove_stale_temp_files
+    from ldm.trainer.finite_guard import NonFiniteTrainingError
+
     trainer, paths = built["trainer"], built["paths"]
     if not opt.train and not built["test"]:
         say("nothing to do: pass -t/--train to train (the config has no test data or the model no test_step)")
         return 0
+    if opt.train and rank_zero_only.rank == 0:  # left by a save that was killed (kill -9, power loss)
+        for stale in remove_stale_temp_files(paths.ckptdir):
+            say(f"removed {stale}: an unfinished checkpoint write of an earlier process")
     # Lightning 2.6 on torch 2.14 warns about a torch-internal deprecation on every fit; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
     if built["resume"] is not None:  # the run's own checkpoints are expected there
@@ -155,9 +193,20 @@ def run(opt: Namespace, built: dict[str, Any]) -> int:
                 say(f"SIGTERM: training stopped and {paths.last_ckpt} was saved; continue with: "
                     f"python main.py -r {paths.logdir}")
                 return 0
+            except NonFiniteTrainingError as err:
+                _report_divergence(err, built)
+                return 1
             except ConfigError:
                 _cleanup(built)
                 raise
+            except (CheckpointError, OSError) as err:  # e.g. disk full, folder not writable: the message names the path
+                if opt.debug:
+                    raise
+                complain(f"error: {type(err).__name__}: {err}")
+                good, _ = built["checkpoint"].last_good if built["checkpoint"] is not None else (None, None)
+                if good:
+                    complain(f"the last complete checkpoint is {good}; continue with: python main.py -r {paths.logdir}")
+                return 1
             except BaseException:  # the original error propagates unchanged (a checkpoint was saved if possible)
                 if opt.debug and rank_zero_only.rank == 0 and sys.stdin.isatty():
                     import pdb
@@ -166,6 +215,11 @@ def run(opt: Namespace, built: dict[str, Any]) -> int:
                 elif not opt.debug:
                     _cleanup(built)
                 raise
+            checkpoint = built["checkpoint"]
+            if built["resume"] is not None and checkpoint is not None and checkpoint._batches_this_process == 0:
+                max_steps = OmegaConf.select(built["config"], "lightning.trainer.max_steps", default=None)
+                say(f"nothing trained: the run already reached lightning.trainer.max_steps={max_steps}; to train "
+                    f"longer: python main.py -r {paths.logdir} lightning.trainer.max_steps=<more>")
         if built["test"] and not trainer.interrupted:
             trainer.test(built["model"], built["data"])
     finally:
@@ -188,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if opt.allow_target:  # through the environment, so DDP ranks started later see it too
+        os.environ[ALLOW_ENV] = ",".join(filter(None, [os.environ.get(ALLOW_ENV, ""), *opt.allow_target]))
     try:
         built = build(opt, dotlist)
     except (ConfigError, UsageError) as err:

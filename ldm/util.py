@@ -11,6 +11,8 @@ from typing import Any
 import omegaconf
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from ldm.targets import TargetNotAllowed, check_name, check_object
+
 _omegaconf_version = tuple(int(p) for p in omegaconf.__version__.split(".")[:2])
 
 # Strings that stand in for a config in the CompVis interface; they are resolved by the model, not instantiated.
@@ -101,6 +103,10 @@ def load_configs(paths: list[str], dotlist: list[str] | None = None) -> DictConf
     _CONFIG_SOURCES.clear()
     merged = OmegaConf.create()
     for path in paths:
+        if os.path.isdir(path):
+            yamls = sorted(f for f in os.listdir(path) if f.endswith((".yaml", ".yml")))[:3]
+            hint = f", e.g. {', '.join(os.path.join(path, f) for f in yamls)}" if yamls else ""
+            raise ConfigError(f"config {path} is a folder; pass YAML files{hint}")
         if not os.path.isfile(path):
             raise ConfigError(f"config file not found: {path}")
         try:
@@ -158,23 +164,32 @@ def _key_path_of(config: Any, fallback: str) -> str:
 
 
 def get_obj_from_str(string: str, reload: bool = False) -> Any:
-    """Import `package.module.Name` and return `Name`."""
+    """Import `package.module.Name` and return `Name`, if the allow-list in `ldm.targets` permits it.
+
+    The name is checked before anything is imported and the object after; TargetNotAllowed (an ImportError) says why.
+    """
     module, _, name = string.rpartition(".")
     if not module:
         raise ImportError(f"'{string}' is not a dotted path of the form package.module.Name")
+    check_name(string)
     mod = importlib.import_module(module)
     if reload:
         mod = importlib.reload(mod)
     if not hasattr(mod, name):
         raise ImportError(f"module '{module}' has no attribute '{name}'")
-    return getattr(mod, name)
+    obj = getattr(mod, name)
+    check_object(string, obj)
+    return obj
 
 
 def resolve_target(target_path: str, key_path: str) -> Any:
     """The object a config's `target` names; a CompVis / taming name that cannot be imported falls back to ours
-    (LEGACY_TARGETS). Errors name `key_path` and its file."""
+    (LEGACY_TARGETS). Errors (including targets outside the allow-list of `ldm.targets`) name `key_path` and its
+    file."""
     try:
         return get_obj_from_str(target_path)
+    except TargetNotAllowed as err:
+        raise ConfigError(f"{_where(key_path)}: refusing target '{target_path}': {err}") from None
     except ImportError as err:
         if target_path not in LEGACY_TARGETS:
             raise ConfigError(f"{_where(key_path)}: cannot import '{target_path}': {err}") from err
@@ -220,6 +235,55 @@ def _accepted_parameters(target: Any) -> tuple[set[str] | None, set[str]]:
     return (accepted, required) if inspect.isclass(target) else (None, required)
 
 
+# Scalar types a config value can be checked against; a string where one of these is expected is an error.
+_SCALARS = {"int": int, "float": float, "bool": bool}
+
+
+def _expected_scalars(param: inspect.Parameter) -> tuple[str, ...] | None:
+    """Names of the scalar types a parameter takes ("int", "float", "bool"), or None when it may take anything else.
+
+    Read from a simple annotation (`int`, `float | None`, ...; string annotations included) or, without one, from
+    the type of its default value."""
+    annotation = param.annotation
+    if annotation is not inspect.Parameter.empty:
+        text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+        names = [t.strip() for t in str(text).replace("Optional[", "").rstrip("]").split("|")]
+        scalars = tuple(n for n in names if n in _SCALARS)
+        return scalars if scalars and all(n in _SCALARS or n == "None" for n in names) else None
+    default = param.default
+    if isinstance(default, (bool, int, float)) and default is not None:
+        return (type(default).__name__,)
+    return None
+
+
+def _parses_as(text: str, kind: str) -> bool:
+    """Whether a string reads as the scalar kind (a quoted "1e-4" where a float is expected passes, as before)."""
+    if kind == "bool":
+        return text.strip().lower() in ("true", "false")
+    try:
+        _SCALARS[kind](text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_scalar_types(target: Any, kwargs: dict[str, Any], where: str, target_path: str) -> None:
+    """A string given where a number or bool is expected (e.g. `model.params.embed_dim=abc`) is a ConfigError that
+    names the key, instead of a failure deep inside the model."""
+    try:
+        fn = target.__init__ if inspect.isclass(target) else target
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return
+    for name, value in kwargs.items():
+        if not isinstance(value, str) or name not in params:
+            continue
+        expected = _expected_scalars(params[name])
+        if expected and not any(_parses_as(value, kind) for kind in expected):
+            raise ConfigError(f"{_where(where + '.params.' + name)}: {target_path} expects {' or '.join(expected)} "
+                              f"for '{name}', got the string {value!r}")
+
+
 def instantiate_from_config(config: Any, key_path: str | None = None, **extra_kwargs: Any) -> Any:
     """Build the object described by `{target: dotted.path, params: {...}}`.
 
@@ -254,6 +318,7 @@ def instantiate_from_config(config: Any, key_path: str | None = None, **extra_kw
                     f"{_where(where + '.params.' + name)}: {target_path} has no parameter '{name}'{hint}; "
                     f"accepted: {', '.join(sorted(accepted))}"
                 )
+    _check_scalar_types(target, kwargs, where, target_path)
     missing = sorted(required - set(kwargs))
     if missing:
         raise ConfigError(f"{_where(where + '.params')}: {target_path} needs parameter(s) {', '.join(missing)}")

@@ -19,6 +19,26 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from ldm.inference.errors import UsageError  # noqa: E402
+
+
+def check_before_loading(args: argparse.Namespace, prefix: str) -> None:
+    """UsageError for an output prefix that cannot be written or a --batch_size too large for the device's memory."""
+    from ldm.inference.devices import check_device
+    from ldm.inference.memory import check_fits, diffusion_batch_bytes
+    from ldm.inference.model_info import describe_model
+    from ldm.inference.validation import check_output_file, check_positive
+    from ldm.trainer.runs import run_config
+
+    check_positive(args.batch_size, "--batch_size")
+    check_output_file(prefix + ".json", "--out")
+    config, _ = run_config(args.resume)
+    info = describe_model(config)
+    batch = min(args.batch_size, max(args.n, 1))
+    needed = diffusion_batch_bytes(config, info, batch, *info.image_size, guided=args.scale != 1.0)
+    check_fits(needed, batch, check_device(args.device), f"--batch_size {args.batch_size}",
+               lambda fit: f"use a smaller --batch_size, e.g. --batch_size {fit}")
+
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,13 +71,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.objects < 1:
         parser.error(f"--objects must be >= 1, got {args.objects}")
+    run = args.resume if os.path.isdir(args.resume) else os.path.dirname(os.path.dirname(args.resume))
+    prefix = args.out or os.path.join(run, "eval_shapes" if args.objects == 1 else f"eval_shapes_{args.objects}obj")
+    try:
+        check_before_loading(args, prefix)
+    except UsageError as err:
+        parser.error(str(err))
     model, _ = load_model_from_run(args.resume, device=args.device)
     images, captions, checked = evaluate(model, n=args.n, seed=args.seed, sampler=args.sampler, steps=args.steps,
                                          scale=args.scale, batch_size=args.batch_size, use_ema=args.ema,
                                          num_objects=args.objects)
     acc = checked["accuracy"]
-    run = args.resume if os.path.isdir(args.resume) else os.path.dirname(os.path.dirname(args.resume))
-    prefix = args.out or os.path.join(run, "eval_shapes" if args.objects == 1 else f"eval_shapes_{args.objects}obj")
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     Image.fromarray(image_grid(images, nrow=8)).save(prefix + ".png")
     result = {"accuracy": acc, "ci95": checked["ci95"], "chance": CHANCE, "objects": args.objects,

@@ -23,7 +23,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ldm.inference import cli  # noqa: E402
-from ldm.inference.conditioning import check_prompts, check_scale, guidance_pair  # noqa: E402
+from ldm.inference.conditioning import (check_prompts, check_scale, empty_prompt_warnings,  # noqa: E402
+                                        guidance_pair, scale_warnings)
 from ldm.inference.devices import autocast  # noqa: E402
 from ldm.inference.errors import UsageError  # noqa: E402
 from ldm.inference.generate import Outputs  # noqa: E402
@@ -58,9 +59,14 @@ def main(argv: list[str] | None = None) -> Outputs:
     mode = resolve_mode(args.mode, prep.source.config, prep.info)
     if mode == "concat" and args.prompt is not None:
         raise UsageError("--prompt: a concat inpainting model takes no prompt")
-    values = check_prompts(prep.info, read_prompts(args.prompt)) if mode == "guided" else None
+    prompts = read_prompts(args.prompt) if mode == "guided" else None
+    values = check_prompts(prep.info, prompts) if mode == "guided" else None
     scale = check_scale(prep.info, args.scale)
     inputs = [load_pair(pair, prep.info.channels, prep.info.size_multiple) for pair in pairs]
+    for pair, (image, _) in zip(pairs, inputs):  # one image at a time: only a huge one can fail
+        prep.check_memory(1, image.shape[2], image.shape[3], values is not None and scale != 1.0,
+                          f"--image {pair.image}", lambda fit: "use a smaller image")
+    cli.warn(empty_prompt_warnings(prep.info, prompts) + scale_warnings(scale))
     model = prep.load()
     record = settings_record(args, prep, mode=mode, scale=scale, prompt=args.prompt)
     results, rows = [], []

@@ -5,13 +5,15 @@ Metrics: L1 and PSNR; on the shapes data also the shapes checker's accuracy on t
 each caption's colour, shape, size and position survives the autoencoder: the ceiling for a stage-2 model on it).
 
     python scripts/reconstruct.py -r logs/<run> [--n 8] [--out logs/<run>/reconstructions.png]
+
+All --n images go through the model as one batch; bad input (run folder, output paths, a batch too large for the
+device's memory) fails before the model loads.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 
@@ -20,6 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+
+from ldm.inference import cli  # noqa: E402
 
 
 def grid_image(rows: list[torch.Tensor]) -> Image.Image:
@@ -58,19 +62,33 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
 
-    from ldm.trainer.runs import load_model_from_run
+    from ldm.inference.devices import check_device
+    from ldm.inference.memory import autoencoder_batch_bytes, check_fits
+    from ldm.inference.validation import check_output_file, check_positive
+    from ldm.trainer.runs import load_inference_model, run_config
     from ldm.util import instantiate_from_config
 
-    model, config = load_model_from_run(args.resume, device=args.device)
+    check_positive(args.n, "--n")
+    device = check_device(args.device)
+    config, ckpt = run_config(args.resume)  # UsageError naming -r for a bad run folder
+    run = args.resume if os.path.isdir(args.resume) else os.path.dirname(os.path.dirname(args.resume))
+    out = check_output_file(args.out or os.path.join(run, "reconstructions.png"), "--out")
+    if args.json:
+        check_output_file(args.json, "--json")
     dataset = instantiate_from_config(config.data.params.validation)
-    items = [dataset[i] for i in range(min(args.n, len(dataset)))]
-    x = torch.stack([torch.as_tensor(it["image"]) for it in items]).permute(0, 3, 1, 2).float().to(args.device)
+    n = min(args.n, len(dataset))
+    items = [dataset[0]]
+    height, width = np.shape(items[0]["image"])[:2]
+    check_fits(autoencoder_batch_bytes(config, n, height, width), n, device, f"--n {args.n}",
+               lambda fit: f"use a smaller --n, e.g. --n {fit}")
+    items += [dataset[i] for i in range(1, n)]
+    model = load_inference_model(config, ckpt, device)
+    x = torch.stack([torch.as_tensor(it["image"]) for it in items]).permute(0, 3, 1, 2).float().to(device)
     rec = reconstruct(model, x)
     mse = (rec.clamp(-1, 1) - x).pow(2).mean(dim=(1, 2, 3))
     psnr = (10 * torch.log10(4.0 / mse)).mean().item()  # peak-to-peak range of [-1, 1] is 2
     l1 = (rec - x).abs().mean().item()
-    run = args.resume if os.path.isdir(args.resume) else os.path.dirname(os.path.dirname(args.resume))
-    out = args.out or os.path.join(run, "reconstructions.png")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     grid_image([x[:args.grid_n], rec[:args.grid_n]]).save(out)
     metrics = {"images": len(items), "l1": round(l1, 4), "psnr_db": round(psnr, 2), "grid": out}
     if all("caption" in it for it in items) and type(dataset).__module__ == "ldm.data.shapes":
@@ -89,4 +107,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

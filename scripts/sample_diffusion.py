@@ -19,10 +19,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ldm.inference import cli  # noqa: E402
-from ldm.inference.conditioning import check_scale  # noqa: E402
+from ldm.inference.conditioning import check_scale, scale_warnings  # noqa: E402
 from ldm.inference.eval_samples import (EvalSettings, check_classes, check_model, claim_folder,  # noqa: E402
                                         sample_folder)
-from ldm.inference.validation import check_positive, check_size  # noqa: E402
+from ldm.inference.validation import check_outdir, check_positive, check_size  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -61,6 +61,12 @@ def main(argv: list[str] | None = None) -> dict:
                             height=height, width=width, ema=prep.ema, precision=prep.precision,
                             model=prep.source.ckpt, n=args.n_samples, batch_size=args.batch_size, classes=classes)
     outdir = args.outdir or default_outdir(prep, args, scale)
+    check_outdir(outdir)  # prepare() checked an explicit --outdir; this is the default one inside the run
+    batch = min(args.batch_size, args.n_samples)
+    guided = prep.info.conditioning == "class" and scale != 1.0
+    prep.check_memory(batch, height, width, guided, f"--batch_size {args.batch_size}",
+                      lambda fit: f"use a smaller --batch_size, e.g. --batch_size {fit} (-n stays the total)")
+    cli.warn(scale_warnings(scale))
     claim_folder(outdir, settings)  # refuses a folder of other settings before the model loads
     summary = sample_folder(prep.load(), prep.info, settings, outdir, prep.device, prep.dtype)
     print(json.dumps(summary))

@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> Outputs:
     scale = lr_to_latent_scale(prep.source.config)
     images = [open_image(path, 3, "--input") for path in files]
     sizes = [check_lr_size(im.height, im.width, scale, prep.info, f"--input {path}") for path, im in zip(files, images)]
+    for path, (height, width) in zip(files, sizes):  # one image at a time: only a huge one can fail
+        prep.check_memory(1, height, width, False, f"--input {path}", lambda fit: "use a smaller input image")
     model = prep.load()
     record = settings_record(args, prep)
     results, rows = [], []

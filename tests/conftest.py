@@ -7,6 +7,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Test-only modules that configs in the tests name as targets (see ldm/targets.py: the allow-list).
+os.environ.setdefault("LDM_ALLOW_TARGETS",
+                      "trainer_dummies,diffusion_configs,reliability_helpers,boom_mod,collections,tests")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -2,6 +2,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from ldm.targets import config_target
 from ldm.util import ConfigError, instantiate_from_config, load_configs
 
 
@@ -57,8 +58,8 @@ model:
 def test_missing_target_and_bad_import_and_missing_param():
     with pytest.raises(ConfigError, match="missing 'target'"):
         instantiate_from_config(OmegaConf.create({"model": {"params": {}}}).model)
-    with pytest.raises(ConfigError, match="cannot import 'nope.Nothing'"):
-        instantiate_from_config({"target": "nope.Nothing"}, key_path="model")
+    with pytest.raises(ConfigError, match="cannot import 'ldm.nope.Nothing'"):
+        instantiate_from_config({"target": "ldm.nope.Nothing"}, key_path="model")
     with pytest.raises(ConfigError, match="needs parameter"):
         instantiate_from_config({"target": f"{__name__}.Base", "params": {}})
 
@@ -83,7 +84,7 @@ def test_constructor_errors_keep_their_type_and_get_a_note():
 
     import types
     mod = types.ModuleType("boom_mod")
-    mod.explode = explode
+    mod.explode = config_target(explode)
     import sys
     sys.modules["boom_mod"] = mod
     with pytest.raises(Boom) as err:
@@ -126,8 +127,8 @@ def test_for_model_section_errors_name_the_file(tmp_path):
         load_configs([base, overlay])
     with pytest.raises(ConfigError, match=r"overlay\.yaml: .*no earlier config file sets"):
         load_configs([overlay, base])
-    bad = _write(tmp_path / "bad.yaml", "for_model:\n  nope.Nothing:\n    a: 1\n")
-    with pytest.raises(ConfigError, match=r"for_model\.nope\.Nothing: cannot import"):
+    bad = _write(tmp_path / "bad.yaml", "for_model:\n  ldm.nope.Nothing:\n    a: 1\n")
+    with pytest.raises(ConfigError, match=r"for_model\.ldm\.nope\.Nothing: cannot import"):
         load_configs([base, bad])
 
 

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ldm.data.base import skipped_count
+from ldm.data.resumable import ResumableDataLoader, run_seed
 from ldm.util import ConfigError, get_obj_from_str, instantiate_from_config
 
 # Dataset keys of the `data.params` section, and which of them each Trainer entry point needs / may use.
@@ -51,13 +52,15 @@ class DataModuleFromConfig(pl.LightningDataModule):
     As in the original, a loader method exists only for a configured dataset, so Lightning skips validation when
     `validation` is absent. Defaults: `num_workers` = min(2 * batch_size, CPUs); workers persist across epochs when
     there are any; memory is pinned only when the trainer runs on CUDA. `skipped_files()` counts unreadable files.
+    With `resumable` (default) the training loader of a map-style dataset is a `ResumableDataLoader`: its order and
+    augmentations depend only on the run's seed, and a run interrupted mid-epoch resumes at the same batch.
     """
 
     def __init__(self, batch_size: int, train: Any = None, validation: Any = None, test: Any = None,
                  predict: Any = None, wrap: bool = False, num_workers: int | None = None,
                  shuffle_test_loader: bool = False, use_worker_init_fn: bool = False,
                  shuffle_val_dataloader: bool = False, pin_memory: bool | None = None,
-                 persistent_workers: bool | None = None):
+                 persistent_workers: bool | None = None, resumable: bool = True):
         super().__init__()
         if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
             raise ConfigError(f"data.params.batch_size must be a positive int, got {batch_size!r}")
@@ -71,6 +74,7 @@ class DataModuleFromConfig(pl.LightningDataModule):
         self.use_worker_init_fn = use_worker_init_fn
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
+        self.resumable = resumable
         self.dataset_configs = {key: cfg for key, cfg in zip(DATASET_KEYS, (train, validation, test, predict))
                                 if cfg is not None}
         self.datasets: dict[str, Dataset] = {}
@@ -133,6 +137,11 @@ class DataModuleFromConfig(pl.LightningDataModule):
         iterable = isinstance(dataset, IterableDataset)
         workers = self.num_workers
         persistent = (workers > 0) if self.persistent_workers is None else (bool(self.persistent_workers) and workers > 0)
+        if key == "train" and self.resumable and not iterable:
+            return ResumableDataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, seed=run_seed(),
+                                       num_workers=workers, pin_memory=self._use_pin_memory(),
+                                       worker_init_fn=worker_init_fn if self.use_worker_init_fn else None,
+                                       persistent_workers=persistent)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

@@ -6,6 +6,8 @@ import logging
 
 from torch.utils.data import Dataset
 
+from ldm.targets import config_target
+
 log = logging.getLogger(__name__)
 
 # Share of a single folder held out for validation when train and validation point at the same root.
@@ -18,6 +20,7 @@ SAMPLE_PHOTOS_LENGTH = {"train": 2000, "validation": 64}
 SOURCES = ("photos", "shapes")
 
 
+@config_target
 def image_dataset(root: str | None = None, size: int = 256, split: str = "train",
                   validation_fraction: float = DEFAULT_VALIDATION_FRACTION, random_crop: bool | None = None,
                   flip: bool | None = None, length: int | None = None, source: str = "photos",

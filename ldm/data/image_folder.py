@@ -1,5 +1,8 @@
 """A folder of images as a dataset: recursive scan, captions (sidecar .txt / metadata.jsonl / metadata.csv), class
-sub-folders, deterministic train/validation split, and skipping of unreadable files without stopping the run."""
+sub-folders, deterministic train/validation split, and skipping of unreadable files without stopping the run.
+
+A folder without images, or whose images are all unreadable, is a `ConfigError` naming the folder and the counts
+(main.py prints it as one line and leaves no run folder behind)."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from torch.utils.data import Dataset
 
 from ldm.data.base import BadImageWarning, SkipCounter
 from ldm.data.transforms import ImageTransform, load_image
+from ldm.util import ConfigError
 
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
 # Caption columns looked for in metadata files when `caption_key` is not given, in this order (HF imagefolder uses "text").
@@ -22,6 +26,19 @@ CAPTION_COLUMNS = ("text", "caption")
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
 SPLITS = {None: None, "all": None, "train": "train", "training": "train",
           "validation": "validation", "val": "validation", "valid": "validation"}
+
+
+class UnreadableImagesError(ConfigError, RuntimeError):
+    """Not one image a dataset could return can be decoded. A ConfigError (the configured folder is unusable) and, as
+    it always was, a RuntimeError."""
+
+    def __init__(self, message: str):
+        # A DataLoader worker's error is re-raised in the main process as type(err)("Caught ... in DataLoader worker
+        # ...\nOriginal Traceback ...\n<module>.UnreadableImagesError: <message>"): keep the one-line message.
+        marker = f"{type(self).__name__}: "
+        if "Original Traceback" in message and marker in message:
+            message = message.rsplit(marker, 1)[1].strip()
+        super().__init__(message)
 
 
 def _normalize_extensions(extensions: str | Iterable[str]) -> tuple[str, ...]:
@@ -66,6 +83,33 @@ def scan_folder(root: str, extensions: Sequence[str]) -> tuple[list[str], set[st
     images.sort()
     metadata.sort(key=lambda p: (p.count("/"), p))
     return images, texts, metadata
+
+
+def other_files(root: str, limit: int = 100_000) -> tuple[int, str | None]:
+    """(count, an example) of the files under `root` that are not images, for "no images found" (at most `limit`
+    are counted); hidden names are counted too (the scan skips them), a visible one is the preferred example."""
+    count, example, hidden = 0, None, None
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            rel = os.path.relpath(os.path.join(dirpath, name), root)
+            count += 1
+            if name.startswith(".") or any(part.startswith(".") for part in rel.split(os.sep)[:-1]):
+                hidden = hidden or rel
+            else:
+                example = example or rel
+            if count >= limit:
+                return count, example or hidden
+    return count, example or hidden
+
+
+def no_images_message(root: str, extensions: Sequence[str]) -> str:
+    """'no images (.jpg, ...) found under ROOT (the folder is empty | found K other files, e.g. x.txt)'."""
+    count, example = other_files(root)
+    found = "the folder is empty" if not count else f"found {count} other file(s), e.g. {example}"
+    if example and os.path.basename(example).startswith("."):
+        found += "; names starting with '.' are skipped"
+    return f"no images ({', '.join(extensions)}) found under {root} ({found})"
 
 
 def _caption_of(row: dict, caption_key: str | None) -> str | None:
@@ -189,16 +233,19 @@ class ImageFolder(Dataset):
         scanned, texts, metadata = scan_folder(root, exts)
         paths = read_file_list(file_list, root) if file_list is not None else scanned
         if not paths:
-            what = f"file_list {file_list}" if file_list is not None else f"{root} (extensions {', '.join(exts)})"
-            raise ValueError(f"no images found in {what}")
+            if file_list is not None:
+                raise ConfigError(f"no images found in file_list {file_list} (root {root})")
+            raise ConfigError(no_images_message(root, exts))
         keep = split_indices(paths, split, float(validation_fraction), split_seed)
         if max_items is not None and len(keep) > max_items:
             kept = [paths[i] for i in keep]
             keep = sorted(keep[j] for j in _hash_order(kept, split_seed + 1)[:max(0, int(max_items))])
         self.paths = [paths[i] for i in keep]
         if not self.paths:
-            raise ValueError(f"the {split} split of {root} is empty ({len(paths)} images, "
-                             f"validation_fraction={validation_fraction}, max_items={max_items})")
+            raise ConfigError(f"the {split} split of {root} is empty ({len(paths)} images, "
+                              f"validation_fraction={validation_fraction}, max_items={max_items})")
+        self._folder_paths = paths  # the same strings: the whole folder, to count it if this part is unreadable
+        self._reasons: dict[int, str] = {}  # why item i is unreadable (this process's findings)
 
         self.captions = self._resolve_captions(texts, metadata, caption_key)
         self.has_captions = any(c is not None for c in self.captions)
@@ -270,22 +317,40 @@ class ImageFolder(Dataset):
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {n} images")
         index %= n
-        last_error = None
         for k in range(n):
             j = (index + k) % n
             if self._skips.is_marked(j):
                 continue
-            path = os.path.join(self.root, self.paths[j])
-            try:
-                image = load_image(path, min_side=self.transform.size)
-            except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ... for bad data
-                last_error = f"{path}: {type(err).__name__}: {err}"
+            image, error = self._load(self.paths[j])
+            if error is not None:
+                self._reasons[j] = error
                 if self._skips.mark(j):
-                    warnings.warn(f"skipping unreadable image {last_error}", BadImageWarning, stacklevel=2)
+                    warnings.warn(f"skipping unreadable image {error}", BadImageWarning, stacklevel=2)
                 continue
             return self._example(j, image)
-        raise RuntimeError(f"all {n} images under {self.root} are unreadable"
-                           + (f" (last: {last_error})" if last_error else ""))
+        raise UnreadableImagesError(self._unreadable_message())
+
+    def _load(self, rel: str) -> tuple[object, str | None]:
+        """(decoded image, None), or (None, '<path>: <error type>: <message>') for a file that cannot be decoded."""
+        path = os.path.join(self.root, rel)
+        try:
+            return load_image(path, min_side=self.transform.size), None
+        except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ... for bad data
+            return None, f"{path}: {type(err).__name__}: {err}"
+
+    def _unreadable_message(self) -> str:
+        """Why no item can be returned, counting the whole folder: 'all N images under ROOT (train split: k) are
+        unreadable; first: <path>: <reason>', or which part of the folder is unreadable when the rest is not."""
+        first = self._reasons.get(0) or self._load(self.paths[0])[1]  # marked by another worker: ask again
+        k, n = len(self.paths), len(self._folder_paths)
+        if k == n:
+            return f"all {n} images under {self.root} are unreadable; first: {first}"
+        part = f"{self.split} split" if self.split else "max_items subset"
+        mine = set(self.paths)
+        if not any(self._load(rel)[1] is None for rel in self._folder_paths if rel not in mine):
+            return f"all {n} images under {self.root} ({part}: {k}) are unreadable; first: {first}"
+        return (f"all {k} images of the {part} of {self.root} are unreadable (the folder's readable images are all "
+                f"outside it; remove or replace the bad files); first: {first}")
 
     def __repr__(self) -> str:
         return (f"ImageFolder(root='{self.root}', n={len(self)}, split={self.split}, captions={self.has_captions}, "

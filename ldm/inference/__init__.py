@@ -15,7 +15,10 @@ inpainting / super-resolution scripts). No Lightning training glue; each module 
   `save_png(image, path, metadata)`, `read_png_metadata(path)`.
 - `files`: numbered output names (`next_index`, `count_done`) and `atomic_write(path, write)` (from `ldm.files`).
 - `validation`: flag checks that need no model (`check_sampler`, `check_sampler_options`, `check_strength`,
-  `check_size`, `read_prompts`, `check_positive`); all raise `errors.UsageError`.
+  `check_size`, `read_prompts`, `check_positive`, `check_outdir`, `check_output_file`); all raise
+  `errors.UsageError`.
+- `memory`: a lower-bound estimate of a batch's memory from the config (`diffusion_batch_bytes`,
+  `autoencoder_batch_bytes`) and `check_fits(needed, batch, device, flag, advice)` against the free memory.
 - `generate`: the txt2img / img2img loop (`Settings`, `generate`, `batch_samples`); `eval_samples`: resumable
   numbered samples + .npz for evaluation; `cli`: the scripts' shared flags, `prepare(args)` and `run(main)`.
 """

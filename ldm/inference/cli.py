@@ -1,25 +1,28 @@
-"""Command-line pieces shared by the sampling scripts: flag groups, the model checks done before loading, and the
-error handling (a one-line message and exit status 2 for bad input, 1 for an unreadable checkpoint)."""
+"""Command-line pieces shared by the sampling scripts: flag groups, the checks done before loading (model, output
+folder, whether a batch fits in memory), warnings, and the error handling (a one-line message and exit status 2 for
+bad input, 1 for an unreadable checkpoint)."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from ldm.checkpoint import CheckpointError
 from ldm.diffusion.samplers import available_samplers
-from ldm.inference.conditioning import check_prompts, check_scale
+from ldm.inference.conditioning import check_prompts, check_scale, empty_prompt_warnings, scale_warnings
 from ldm.inference.devices import PRECISIONS, autocast_dtype, check_device
 from ldm.inference.errors import UsageError
 from ldm.inference.generate import Outputs, Settings, generate
 from ldm.inference.loading import ModelSource, load_model, resolve_source
+from ldm.inference.memory import check_fits, diffusion_batch_bytes
 from ldm.inference.model_info import ModelInfo, describe_model
-from ldm.inference.validation import check_positive, check_sampler_options, check_size, read_prompts
+from ldm.inference.validation import check_outdir, check_positive, check_sampler_options, check_size, read_prompts
 from ldm.util import ConfigError
 
 DEFAULT_SEED = 42
@@ -84,6 +87,20 @@ class Prepared:
         """Load the model (the only expensive step)."""
         return load_model(self.source, self.device)
 
+    def check_memory(self, batch: int, height: int, width: int, guided: bool, flag: str,
+                     advice: Callable[[int], str]) -> None:
+        """UsageError naming `flag` when a batch of `batch` height x width images would not fit on the device (a
+        lower-bound estimate, `ldm.inference.memory`); `advice(fit)` says what to do instead."""
+        needed = diffusion_batch_bytes(self.source.config, self.info, batch, height, width, guided,
+                                       half=self.dtype is not None)
+        check_fits(needed, batch, self.device, flag, advice)
+
+
+def warn(messages: str | Iterable[str]) -> None:
+    """Print `warning: <message>` lines on stderr: input that runs but is probably not what was meant."""
+    for message in [messages] if isinstance(messages, str) else messages:
+        print(f"warning: {message}", file=sys.stderr)
+
 
 def resolve_ema(info: ModelInfo, ema: bool | None) -> bool:
     """--ema/--no-ema: None follows the model; --ema on a model trained without EMA is an error."""
@@ -93,12 +110,15 @@ def resolve_ema(info: ModelInfo, ema: bool | None) -> bool:
 
 
 def prepare(args: argparse.Namespace) -> Prepared:
-    """Everything checkable without weights: model source, device, precision, EMA, sampler + steps + eta."""
+    """Everything checkable without weights: model source, device, precision, EMA, sampler + steps + eta, and that
+    --outdir (when the script has one and it is set) can be written to."""
     source = resolve_source(args.resume, args.config, args.ckpt)
     info = describe_model(source.config)
     device = check_device(args.device)
     dtype = autocast_dtype(args.precision, device)
     check_sampler_options(args.sampler, args.steps, info.num_timesteps, args.eta)
+    if getattr(args, "outdir", None) is not None:
+        check_outdir(args.outdir)
     return Prepared(source, info, device, dtype, resolve_ema(info, args.ema))
 
 
@@ -126,11 +146,17 @@ def generation_settings(args: argparse.Namespace, prep: Prepared, size: tuple[in
     """
     check_positive(args.n_samples, "--n_samples")
     check_positive(args.n_iter, "--n_iter")
-    prompts = read_prompts(args.prompt, args.from_file)
+    prompts = read_prompts(args.prompt, args.from_file, warn)
     values = check_prompts(prep.info, prompts)
     scale = check_scale(prep.info, args.scale)
     height, width = size or (args.H or prep.info.image_size[0], args.W or prep.info.image_size[1])
     check_size(height, width, prep.info.size_multiple, size_flag)
+    total = args.n_samples * args.n_iter
+    prep.check_memory(args.n_samples, height, width, values is not None and scale != 1.0,
+                      f"--n_samples {args.n_samples}",
+                      lambda fit: "use a smaller --n_samples with more --n_iter, e.g. --n_samples "
+                                  f"{fit} --n_iter {math.ceil(total / fit)}")
+    warn(empty_prompt_warnings(prep.info, prompts) + scale_warnings(scale))
     settings = Settings(sampler=args.sampler, steps=args.steps, scale=scale, eta=args.eta, seed=args.seed,
                         n_samples=args.n_samples, n_iter=args.n_iter, height=height, width=width, ema=prep.ema,
                         precision=prep.precision, model=prep.source.ckpt, **extra)

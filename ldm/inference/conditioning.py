@@ -3,6 +3,7 @@ and the null conditioning that classifier-free guidance pairs with them."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,9 +58,27 @@ def check_prompts(info: ModelInfo, prompts: Sequence[str] | None) -> list[Any] |
     return [str(p) for p in prompts]
 
 
+def empty_prompt_warnings(info: ModelInfo, prompts: Sequence[str] | None) -> list[str]:
+    """A warning per empty caption of a text model: it conditions on the null caption, i.e. the unconditional model.
+    (Class models refuse empty prompts; unconditional ones take none.)"""
+    if info.conditioning != "text" or not prompts:
+        return []
+    if len(prompts) == 1:
+        return ["--prompt is empty: it samples the unconditional model"] if not prompts[0].strip() else []
+    return [f"prompt {k} is empty: it samples the unconditional model"
+            for k, prompt in enumerate(prompts, 1) if not prompt.strip()]
+
+
+def scale_warnings(scale: float) -> list[str]:
+    """A warning for a negative guidance scale (0..1 interpolates towards the unconditional model, which is fine)."""
+    return [f"--scale {scale:g} is negative: guidance pushes away from the prompt"] if scale < 0 else []
+
+
 def check_scale(info: ModelInfo, scale: float | None) -> float:
-    """--scale resolved (default_scale when None); guidance needs a conditional model."""
+    """--scale resolved (default_scale when None); guidance needs a conditional model and a finite scale."""
     scale = default_scale(info) if scale is None else float(scale)
+    if not math.isfinite(scale):
+        raise UsageError(f"--scale {scale}: must be a finite number")
     if scale != 1.0 and info.conditioning not in ("text", "class"):
         raise UsageError(f"--scale {scale:g}: classifier-free guidance needs a text or class-conditional model")
     return scale

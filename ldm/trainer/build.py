@@ -29,12 +29,50 @@ DEFAULT_CALLBACKS: dict[str, dict[str, Any]] = {
     "learning_rate_logger": {"target": "pytorch_lightning.callbacks.LearningRateMonitor",
                              "params": {"logging_interval": "step"}},
     "cuda_callback": {"target": "ldm.trainer.callbacks.CUDACallback"},
+    # Stops a diverged run before it overwrites good checkpoints (see ldm/trainer/finite_guard.py).
+    "nonfinite_guard": {"target": "ldm.trainer.finite_guard.NonFiniteGuard"},
+    # Per-batch seeding: exact resume; validation and logging cannot change training (ldm/trainer/training_rng.py).
+    "training_rng": {"target": "ldm.trainer.training_rng.TrainingRNG"},
 }
 # Lightning's ModelCheckpoint targets that are replaced by LDMModelCheckpoint (same arguments, batch semantics).
 _MODELCHECKPOINT_TARGETS = ("pytorch_lightning.callbacks.ModelCheckpoint",
                             "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
                             "lightning.pytorch.callbacks.ModelCheckpoint")
 CHECKPOINT_TARGET = "ldm.trainer.checkpointing.LDMModelCheckpoint"
+
+
+# Numeric `lightning.trainer` keys and what they take; a value that is not such a number is a ConfigError naming it.
+NUMERIC_TRAINER_KEYS: dict[str, tuple[type, ...]] = {
+    "max_steps": (int,), "min_steps": (int,), "max_epochs": (int,), "min_epochs": (int,), "num_nodes": (int,),
+    "accumulate_grad_batches": (int,), "log_every_n_steps": (int,), "num_sanity_val_steps": (int,),
+    "check_val_every_n_epoch": (int,), "val_check_interval": (int, float), "limit_train_batches": (int, float),
+    "limit_val_batches": (int, float), "limit_test_batches": (int, float), "limit_predict_batches": (int, float),
+    "gradient_clip_val": (int, float), "overfit_batches": (int, float),
+}
+
+
+def config_number(value: Any, key: str, kind: type | tuple[type, ...]) -> Any:
+    """`value` as an int / float for config key `key` (a string such as "100" is read as one); anything else is a
+    ConfigError that names the key."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) or value is None:
+        if value is None:
+            return value
+        raise ConfigError(f"{key}: expected {' or '.join(k.__name__ for k in kinds)}, got {value!r}")
+    if isinstance(value, kinds):
+        return value
+    if isinstance(value, int) and float in kinds:
+        return float(value)
+    for k in kinds:
+        try:
+            number = float(value) if isinstance(value, str) else value
+            if k is int and float(number) == int(float(number)) and "." not in str(value):
+                return int(float(number))
+            if k is float:
+                return float(number)
+        except (TypeError, ValueError):
+            continue
+    raise ConfigError(f"{key}: expected {' or '.join(k.__name__ for k in kinds)}, got {value!r}")
 
 
 def _plain(cfg: Any) -> Any:
@@ -106,6 +144,9 @@ def trainer_kwargs(trainer_cfg: Any, model: Any) -> tuple[dict[str, Any], list[s
     from ldm.trainer.callbacks import BatchLimit
 
     cfg = dict(_plain(trainer_cfg) or {})
+    for key, kinds in NUMERIC_TRAINER_KEYS.items():
+        if key in cfg:
+            cfg[key] = config_number(cfg[key], f"lightning.trainer.{key}", kinds)
     notes: list[str] = []
     extra: list[pl.Callback] = []
     accepted = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}

@@ -11,6 +11,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
+from ldm.trainer.finite_guard import NonFiniteGuard, NonFiniteTrainingError, nonfinite_tensors
 from ldm.util import batches_seen
 
 # Default checkpoint file name: `epoch=000003-batch=000012000.ckpt` (CompVis used `{epoch:06}`; batches are added
@@ -32,6 +33,8 @@ class LDMModelCheckpoint(ModelCheckpoint):
     - On an exception during fit (including KeyboardInterrupt and SIGTERM) rank 0 writes `last.ckpt` without any
       collective call, if at least one training batch ran in this process; the exception itself is not touched.
     - `{batch}` is available in `filename`.
+    - Nothing non-finite is ever written: before each save the `NonFiniteGuard` record is checked and the weights
+      are scanned; either one stops training with NonFiniteTrainingError instead of replacing a good file.
     """
 
     def __init__(self, dirpath: str | None = None, filename: str | None = None, monitor: str | None = None,
@@ -61,8 +64,29 @@ class LDMModelCheckpoint(ModelCheckpoint):
         return candidates
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        self.refuse_nonfinite(trainer)
         super()._save_checkpoint(trainer, filepath)
         self._last_batch_saved = batches_seen(trainer)
+
+    def refuse_nonfinite(self, trainer: pl.Trainer) -> None:
+        """Raise NonFiniteTrainingError if the guard saw a bad batch or any weight / EMA / buffer is not finite."""
+        guard = next((c for c in trainer.callbacks if isinstance(c, NonFiniteGuard)), None)
+        if guard is not None:
+            guard.raise_if_bad(trainer)
+        state = trainer.lightning_module.state_dict()
+        bad = nonfinite_tensors(state)
+        if bad:
+            raise NonFiniteTrainingError(
+                f"{len(bad)} of {len(state)} tensors of the model are not finite (e.g. {bad[0]}) after training "
+                f"batch {batches_seen(trainer)}; checkpoint not written, training stopped")
+
+    @property
+    def last_good(self) -> tuple[str | None, int | None]:
+        """(path of last.ckpt if it exists, the batch count it was written at by this process or None)."""
+        path = self.last_path
+        if path is None or not os.path.isfile(path):
+            return None, None
+        return path, self._last_batch_saved
 
     @property
     def last_path(self) -> str | None:
@@ -119,7 +143,15 @@ class LDMModelCheckpoint(ModelCheckpoint):
         if not (self.save_last_on_exception and self._batches_this_process > 0 and self._can_save(trainer)):
             return
         path = self.last_path
-        if path is None:
+        if path is None or isinstance(exception, NonFiniteTrainingError):
+            return
+        try:  # local check only: other ranks may be dead, so no collective here
+            bad = nonfinite_tensors(trainer.lightning_module.state_dict())
+        except Exception:
+            bad = ["<unreadable>"]
+        if bad:
+            rank_zero_warn(f"not saving {path} after {type(exception).__name__}: {len(bad)} model tensors are not "
+                           f"finite (e.g. {bad[0]}); the previous {os.path.basename(path)} is kept")
             return
         try:
             previous, self.last_model_path = self.last_model_path, path

@@ -62,7 +62,8 @@ def get_parser() -> argparse.ArgumentParser:
                         help="resume from a log dir or from a checkpoint inside <logdir>/checkpoints/")
     parser.add_argument("-b", "--base", nargs="*", metavar="base_config.yaml", default=[],
                         help="config files, merged left to right; key=value arguments override them")
-    parser.add_argument("-t", "--train", type=str2bool, nargs="?", const=True, default=False, help="train")
+    parser.add_argument("-t", "--train", type=str2bool, nargs="?", const=True, default=None,
+                        help="train (the default with -r: a resumed run continues training)")
     parser.add_argument("--no-test", type=str2bool, nargs="?", const=True, default=False,
                         help="skip testing after training")
     parser.add_argument("-p", "--project", type=str, default=None,
@@ -79,6 +80,12 @@ def get_parser() -> argparse.ArgumentParser:
                              "metrics also always go to a CSV file in the log dir")
     parser.add_argument("--gpus", type=str, default=None,
                         help="Lightning 1.x style GPU list ('0,' or '0,1'); same as lightning.trainer.devices")
+    parser.add_argument("--unsafe-load", metavar="FILE", action="append", default=[],
+                        help="unpickle this one checkpoint with weights_only=False when resuming (only for a file "
+                             "you trust: unpickling can run code); better: scripts/convert_checkpoint.py")
+    parser.add_argument("--allow-target", metavar="PREFIX", action="append", default=[],
+                        help="also allow config targets under this module prefix (your own package); same as "
+                             "LDM_ALLOW_TARGETS=PREFIX,...")
     return parser
 
 
@@ -100,6 +107,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)} (config overrides are written key.path=value)")
     dotlist += unknown
+    if opt.train is None:  # `-r RUN` alone continues training; plain `--base` runs train only with -t
+        opt.train = bool(opt.resume)
     if opt.name and opt.resume:
         raise UsageError("-n/--name and -r/--resume cannot be given together: a resumed run keeps its folder name "
                          "(start a new run from its weights with model.params.ckpt_path=... instead)")

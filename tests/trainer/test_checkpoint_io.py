@@ -47,18 +47,17 @@ def test_save_replaces_and_rejects_storage_options(tmp_path):
         io.save_checkpoint({}, path, storage_options={"x": 1})
 
 
-def test_untrusted_pickles_are_refused_trusted_run_folder_is_allowed(tmp_path):
-    trusted = tmp_path / "run" / "checkpoints"
-    trusted.mkdir(parents=True)
-    outside = tmp_path / "download.ckpt"
-    inside = trusted / "last.ckpt"
-    for path in (outside, inside):
+def test_pickles_are_refused_even_in_a_run_folder_unless_the_user_names_the_file(tmp_path):
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    named, other = folder / "last.ckpt", folder / "other.ckpt"
+    for path in (named, other):
         torch.save({"state_dict": {}, "hyper_parameters": NotATensor(3)}, str(path))
-    io = AtomicCheckpointIO(trusted_dirs=[str(trusted)])
-    with pytest.raises(CheckpointError, match="weights_only=True"):
-        io.load_checkpoint(str(outside))
-    assert io.load_checkpoint(str(inside))["hyper_parameters"].value == 3
-    with pytest.raises(CheckpointError):  # an explicit weights_only=True is honoured even for trusted files
-        io.load_checkpoint(str(inside), weights_only=True)
+    with pytest.raises(CheckpointError, match="--unsafe-load"):  # its folder alone earns no trust
+        AtomicCheckpointIO().load_checkpoint(str(named))
+    io = AtomicCheckpointIO(unsafe_files=[str(named)])
+    assert io.load_checkpoint(str(named))["hyper_parameters"].value == 3
+    with pytest.raises(CheckpointError):
+        io.load_checkpoint(str(other))
     with pytest.raises(CheckpointError, match="not found"):
-        io.load_checkpoint(str(trusted / "missing.ckpt"))
+        io.load_checkpoint(str(folder / "missing.ckpt"))

@@ -67,8 +67,9 @@ class TinyModel(pl.LightningModule):
     """One-conv "autoencoder" with the interface main.py expects (learning_rate, monitor, log_images)."""
 
     def __init__(self, channels: int = 4, monitor: str | None = None, fail_at_batch: int | None = None,
-                 sleep_s: float = 0.0, test_step_enabled: bool = False):
+                 sleep_s: float = 0.0, test_step_enabled: bool = False, nan_at_batches: list[int] | None = None):
         super().__init__()
+        self.nan_at_batches = set(nan_at_batches or ())
         self.enc = nn.Conv2d(3, channels, 3, padding=1)
         self.dec = nn.Conv2d(channels, 3, 3, padding=1)
         if monitor:
@@ -96,6 +97,8 @@ class TinyModel(pl.LightningModule):
             time.sleep(self.sleep_s)
         self.seen_batches.append(index)
         loss = self._loss(batch)
+        if index in self.nan_at_batches:  # a diverging batch: NaN loss, NaN gradients
+            loss = loss * float("nan")
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
