@@ -21,7 +21,8 @@ from ldm.targets import ALLOW_ENV
 from ldm.trainer.callbacks import CUDACallback, SetupCallback  # noqa: F401  (CompVis config targets)
 from ldm.trainer.cli import UsageError, load_run_config, parse_args, resolve_resume
 from ldm.trainer.image_logger import ImageLogger  # noqa: F401  (CompVis config target)
-from ldm.trainer.logdir import RunPaths, choose_logdir, hand_over, move_to_debug_runs, remove_if_unused, restore_env
+from ldm.trainer.logdir import (LOGDIR_ENV, RunPaths, choose_logdir, hand_over, handed_over, launched_processes,
+                                move_to_debug_runs, remove_if_unused, restore_env)
 from ldm.util import ConfigError
 
 # Errors a user fixes without reading a traceback: printed as one line, exit status 1 (ConfigError/UsageError: 2).
@@ -67,9 +68,14 @@ def build(opt: Namespace, dotlist: list[str]) -> dict[str, Any]:
     from ldm.trainer.signals import CheckpointOnSignal
     from ldm.util import instantiate_from_config
 
-    from ldm.trainer.checks import check_writable_logdir, fit_intervals_to_epoch
+    from ldm.trainer.checks import check_data_for_model, check_writable_logdir, fit_intervals_to_epoch
 
     resume = resolve_resume(opt.resume) if opt.resume else None
+    if resume is None and handed_over() is None and launched_processes() > 1:
+        # torchrun / srun start every process themselves: each would pick its own timestamped folder
+        raise UsageError(f"{launched_processes()} processes were launched by torchrun/srun: set "
+                         f"{LOGDIR_ENV}=logs/<run name> (the same on every node) so that they share one run folder, "
+                         "or resume one with -r")
     logdir, now = choose_logdir(opt.logdir, opt.name, opt.postfix, opt.base, resume.logdir if resume else None)
     paths = RunPaths(logdir)
     if opt.train:
@@ -112,7 +118,7 @@ def build(opt: Namespace, dotlist: list[str]) -> dict[str, Any]:
     for split, dataset in (getattr(data, "datasets", None) or {}).items():
         say(f"data: {split}: {type(dataset).__name__}, {len(dataset)} examples")
     if opt.train:
-        notes += fit_intervals_to_epoch(trainer, data)
+        notes += check_data_for_model(model, data) + fit_intervals_to_epoch(trainer, data)
 
     if opt.train:
         base_lr = OmegaConf.select(config, "model.base_learning_rate")

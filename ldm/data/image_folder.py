@@ -17,12 +17,11 @@ from collections.abc import Iterable, Sequence
 from torch.utils.data import Dataset
 
 from ldm.data.base import BadImageWarning, SkipCounter
+from ldm.data.captions import MISSING_CAPTIONS, caption_field, caption_list, choose_caption
 from ldm.data.transforms import ImageTransform, load_image
 from ldm.util import ConfigError
 
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
-# Caption columns looked for in metadata files when `caption_key` is not given, in this order (HF imagefolder uses "text").
-CAPTION_COLUMNS = ("text", "caption")
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
 SPLITS = {None: None, "all": None, "train": "train", "training": "train",
           "validation": "validation", "val": "validation", "valid": "validation"}
@@ -112,18 +111,9 @@ def no_images_message(root: str, extensions: Sequence[str]) -> str:
     return f"no images ({', '.join(extensions)}) found under {root} ({found})"
 
 
-def _caption_of(row: dict, caption_key: str | None) -> str | None:
-    """Caption field of one metadata row: `caption_key`, else the first of CAPTION_COLUMNS present."""
-    keys = [caption_key] if caption_key else CAPTION_COLUMNS
-    for key in keys:
-        value = row.get(key)
-        if value is not None:
-            return str(value)
-    return None
-
-
-def read_metadata(path: str, caption_key: str | None = None) -> dict[str, str]:
-    """Captions from a metadata.jsonl / metadata.csv: {file_name relative to the metadata file's folder: caption}."""
+def read_metadata(path: str, caption_key: str | None = None, label_key: str | None = None) -> dict[str, dict]:
+    """Rows of a metadata.jsonl / metadata.csv: {file_name relative to the metadata file's folder: {"captions": [...],
+    "label": value or None}} (a JSON caption may be a list: several captions; a CSV cell one caption per line)."""
     rows: list[tuple[int, dict]] = []
     with open(path, encoding="utf-8", newline="") as f:
         if path.endswith(".jsonl"):
@@ -142,16 +132,18 @@ def read_metadata(path: str, caption_key: str | None = None) -> dict[str, str]:
             if reader.fieldnames is None or "file_name" not in reader.fieldnames:
                 raise ValueError(f"{path}: the CSV header must have a 'file_name' column, got {reader.fieldnames}")
             rows = [(lineno, row) for lineno, row in enumerate(reader, 2)]
-    captions = {}
+    entries = {}
     for lineno, row in rows:
         if "file_name" not in row:
             raise ValueError(f"{path}:{lineno}: no 'file_name' field")
-        caption = _caption_of(row, caption_key)
-        if caption is not None:
-            captions[posixpath.normpath(str(row["file_name"]).replace("\\", "/"))] = caption
-    if rows and caption_key and not captions:
+        label = row.get(label_key) if label_key else None
+        entries[posixpath.normpath(str(row["file_name"]).replace("\\", "/"))] = {
+            "captions": caption_list(caption_field(row, caption_key)), "label": None if label in ("", None) else label}
+    if rows and caption_key and not any(e["captions"] for e in entries.values()):
         raise ValueError(f"{path}: no row has the caption column '{caption_key}' (caption_key)")
-    return captions
+    if rows and label_key and all(e["label"] is None for e in entries.values()):
+        raise ValueError(f"{path}: no row has the label column '{label_key}' (label_key)")
+    return entries
 
 
 def read_file_list(file_list: str | Sequence[str], root: str) -> list[str]:
@@ -199,8 +191,13 @@ def class_folders(root: str) -> list[str]:
 
 class ImageFolder(Dataset):
     """Images under `root` (recursive) as dicts: `image` HWC float32 in [-1, 1], `file_path_`, and when available
-    `caption` (sidecar `<name>.txt` > metadata.jsonl / metadata.csv as in HF imagefolder) and `class_label` /
-    `human_label` (top-level sub-folder, sorted, used when every image lies in one).
+    `caption` (sidecar `<name>.txt` > metadata.jsonl / metadata.csv as in HF imagefolder; several captions, one per
+    line or a JSON list, give a random one per training step, see ldm.data.captions) and `class_label` /
+    `human_label` (the metadata column `label_key` when given, else the top-level sub-folder, sorted, used when every
+    image lies in one).
+
+    `missing_captions`: in a partly captioned folder, "skip" drops the images without a caption (counted in
+    `num_uncaptioned`), "empty" trains them with ""; None (default) keeps them as "" without judging (autoencoders).
 
     `file_list` (a txt of relative paths, or a list) replaces the scan, as the CompVis `txt_file` datasets did.
     `split` = "train" / "validation" with `validation_fraction` carves a deterministic split from one folder.
@@ -212,7 +209,8 @@ class ImageFolder(Dataset):
                  extensions: Sequence[str] = DEFAULT_EXTENSIONS, caption_key: str | None = None,
                  class_from_subfolders: bool = True, max_items: int | None = None,
                  file_list: str | Sequence[str] | None = None, split: str | None = None,
-                 validation_fraction: float = 0.0, split_seed: int = 0, interpolation: str = "bicubic"):
+                 validation_fraction: float = 0.0, split_seed: int = 0, interpolation: str = "bicubic",
+                 label_key: str | None = None, missing_captions: str | None = None, training: bool | None = None):
         root = os.path.expanduser(os.fspath(root))
         if not os.path.exists(root):
             raise FileNotFoundError(f"image folder not found: {root}")
@@ -223,10 +221,13 @@ class ImageFolder(Dataset):
         if not 0.0 <= float(validation_fraction) < 1.0:
             raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
         split = SPLITS[split]
+        if missing_captions not in (None, *MISSING_CAPTIONS):
+            raise ValueError(f"missing_captions must be one of {MISSING_CAPTIONS} or null, got {missing_captions!r}")
         if split == "validation" and validation_fraction <= 0 and file_list is None:
             raise ValueError(f"split='validation' of {root} needs validation_fraction > 0 or a file_list")
         self.root = root
         self.split = split
+        self.training = split != "validation" if training is None else bool(training)
         self.transform = ImageTransform(size, random_crop=random_crop, flip=flip, interpolation=interpolation)
         exts = _normalize_extensions(extensions)
 
@@ -247,24 +248,57 @@ class ImageFolder(Dataset):
         self._folder_paths = paths  # the same strings: the whole folder, to count it if this part is unreadable
         self._reasons: dict[int, str] = {}  # why item i is unreadable (this process's findings)
 
-        self.captions = self._resolve_captions(texts, metadata, caption_key)
+        rows = self._read_metadata(metadata, caption_key, label_key)
+        self.captions = self._resolve_captions(texts, rows)
         self.has_captions = any(c is not None for c in self.captions)
-        self.class_names = self._resolve_classes(paths) if class_from_subfolders else None
+        self.missing_captions = missing_captions
+        self.num_uncaptioned = sum(c is None for c in self.captions) if self.has_captions else 0
+        if missing_captions == "skip" and self.num_uncaptioned:
+            keep_items = [i for i, c in enumerate(self.captions) if c is not None]
+            self.paths = [self.paths[i] for i in keep_items]
+            self.captions = [self.captions[i] for i in keep_items]
+        if label_key:
+            self.class_names, self._labels = self._labels_from_metadata(rows, label_key)
+        else:
+            self.class_names = self._resolve_classes(paths) if class_from_subfolders else None
         self._skips = SkipCounter(len(self.paths))
 
-    def _resolve_captions(self, texts: set[str], metadata: list[str], caption_key: str | None) -> list[str | None]:
-        """Per item: ('sidecar', relpath) for a .txt next to it, else its metadata caption, else None."""
-        from_meta: dict[str, str] = {}
+    def _read_metadata(self, metadata: list[str], caption_key: str | None, label_key: str | None) -> dict[str, dict]:
+        """Metadata rows of every metadata file, keyed by image path relative to root (deeper files override)."""
+        rows: dict[str, dict] = {}
         for meta in metadata:  # shallowest first, so deeper files override
             folder = posixpath.dirname(meta)
-            for name, caption in read_metadata(os.path.join(self.root, meta), caption_key).items():
-                from_meta[posixpath.normpath(posixpath.join(folder, name))] = caption
+            for name, row in read_metadata(os.path.join(self.root, meta), caption_key, label_key).items():
+                rows[posixpath.normpath(posixpath.join(folder, name))] = row
+        return rows
+
+    def _resolve_captions(self, texts: set[str], rows: dict[str, dict]) -> list:
+        """Per item: ('sidecar', relpath) for a .txt next to it, else its metadata captions (a list), else None."""
         captions: list = []
         for rel in self.paths:
             sidecar = posixpath.splitext(rel)[0] + ".txt"
             # Sidecars are read lazily in __getitem__: reading millions of small files here would stall start-up
-            captions.append(("sidecar", sidecar) if sidecar in texts else from_meta.get(rel))
+            from_meta = rows.get(rel, {}).get("captions")
+            captions.append(("sidecar", sidecar) if sidecar in texts else (from_meta or None))
         return captions
+
+    def _labels_from_metadata(self, rows: dict[str, dict], label_key: str) -> tuple[list[str], list[int]]:
+        """Class names and per-item indices from the metadata column `label_key`: integer labels are used as
+        they are (names "0", "1", ...), other values are sorted and numbered."""
+        values = [rows.get(rel, {}).get("label") for rel in self.paths]
+        missing = [rel for rel, v in zip(self.paths, values) if v is None]
+        if missing:
+            raise ConfigError(f"{self.root}: {len(missing)} of {len(values)} images have no '{label_key}' "
+                              f"(label_key) in the metadata, e.g. {missing[0]}")
+        try:
+            ints = [int(str(v)) for v in values]
+        except ValueError:
+            names = sorted({str(v) for v in values})
+            index = {name: i for i, name in enumerate(names)}
+            return names, [index[str(v)] for v in values]
+        if min(ints) < 0:
+            raise ConfigError(f"{self.root}: negative class label {min(ints)} in '{label_key}' (label_key)")
+        return [str(i) for i in range(max(ints) + 1)], ints
 
     def _resolve_classes(self, all_paths: Sequence[str]) -> list[str] | None:
         """Class names when every image lies in a top-level sub-folder, else None."""
@@ -286,18 +320,22 @@ class ImageFolder(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _caption(self, i: int) -> str:
-        """Caption of item i ('' when it has none)."""
+    def caption_choices(self, i: int) -> list[str]:
+        """All captions of item i ([] when it has none)."""
         caption = self.captions[i]
         if isinstance(caption, tuple):
             path = os.path.join(self.root, caption[1])
             try:
                 with open(path, encoding="utf-8", errors="replace") as f:
-                    return f.read().strip()
+                    return caption_list(f.read())
             except OSError as err:
                 warnings.warn(f"cannot read caption file {path}: {err}", BadImageWarning, stacklevel=2)
-                return ""
-        return caption or ""
+                return []
+        return caption_list(caption)
+
+    def _caption(self, i: int) -> str:
+        """The caption of item i for this step: one of its captions at random when training, else the first."""
+        return choose_caption(self.caption_choices(i), self.training)
 
     def _example(self, i: int, image) -> dict:
         """The example dict of item i from its decoded RGB image."""
@@ -305,7 +343,10 @@ class ImageFolder(Dataset):
         example = {"image": self.transform(image), "file_path_": path}
         if self.has_captions:
             example["caption"] = self._caption(i)
-        if self.class_names is not None:
+        if self.class_names is not None and hasattr(self, "_labels"):
+            example["class_label"] = self._labels[i]
+            example["human_label"] = self.class_names[self._labels[i]]
+        elif self.class_names is not None:
             name = self.paths[i].split("/", 1)[0]
             example["class_label"] = self._class_index[name]
             example["human_label"] = name

@@ -73,6 +73,10 @@ class ResumableSampler(DistributedSampler):
         world, rank = _world()
         super().__init__(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
         self.start = 0
+        self.epoch_offset = 0  # this run's data epoch minus Lightning's epoch counter (see ResumableDataLoader)
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch + self.epoch_offset)
 
     def __iter__(self) -> Iterator[SeededIndex]:  # type: ignore[override]
         indices = list(super().__iter__())
@@ -115,12 +119,22 @@ class ResumableDataLoader(DataLoader):
         sampler = self.resumable_sampler
         self._batches_out = 0
         pending, self._pending = self._pending, None
-        if pending is not None and pending["epoch"] == sampler.epoch:
-            self._batches_out = int(pending["batches"])
-            sampler.start = self._batches_out * int(self.batch_size or 1)
+        if pending is not None:
+            # The data epoch follows the checkpoint, not Lightning's counter: resumed right at the end of an epoch,
+            # Lightning sometimes counts one epoch more (when validation was not due), which would change the order.
+            saved, done = int(pending["epoch"]), int(pending["batches"])
+            epoch, skip = (saved + 1, 0) if done >= len(self) else (saved, done)
+            sampler.epoch_offset += epoch - sampler.epoch
+            sampler.epoch = epoch
+            self._batches_out = skip
+            self._skip(skip)
         for batch in super().__iter__():
             self._batches_out += 1
             yield batch
+
+    def _skip(self, batches: int) -> None:
+        """Make the sampler start after the first `batches` batches of its epoch (once)."""
+        self.resumable_sampler.start = batches * int(self.batch_size or 1)
 
     def state_dict(self) -> dict[str, int]:
         """Epoch and batches handed out in it (Lightning saves this with the fit loop)."""

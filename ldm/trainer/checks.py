@@ -46,14 +46,64 @@ def train_batches_per_epoch(trainer: pl.Trainer, data: Any) -> int | None:
 
 
 def fit_intervals_to_epoch(trainer: pl.Trainer, data: Any) -> list[str]:
-    """An int `val_check_interval` longer than an epoch (a small folder) validates every N batches across epochs
-    instead of failing; returns the notes to print."""
+    """An int `val_check_interval` longer than an epoch (a small folder) becomes "every k epochs", k the number of
+    epochs closest to the interval, instead of failing; returns the notes to print. (Not Lightning's
+    `check_val_every_n_epoch=None`: with it, a run resumed from the end of an epoch runs a one-batch epoch.)"""
     interval = trainer.val_check_interval
     batches = train_batches_per_epoch(trainer, data)
     if batches is None or not isinstance(interval, int) or trainer.check_val_every_n_epoch is None:
         return []
     if interval <= batches:
         return []
-    trainer.check_val_every_n_epoch = None
+    every = max(1, round(interval / batches))
+    trainer.val_check_interval = 1.0
+    trainer.check_val_every_n_epoch = every
     return [f"lightning.trainer.val_check_interval={interval} is longer than an epoch ({batches} training batches): "
-            f"validating every {interval} batches across epochs (check_val_every_n_epoch=None)"]
+            f"validating every {every} epoch(s) ({every * batches} batches) instead"]
+
+
+def _folders(dataset: Any) -> Any:
+    """The ImageFolder inside `dataset` (wrappers and task datasets keep theirs in `.data`), or None."""
+    from ldm.data.image_folder import ImageFolder
+
+    for _ in range(4):
+        if isinstance(dataset, ImageFolder):
+            return dataset
+        dataset = getattr(dataset, "data", None)
+    return None
+
+
+def check_data_for_model(model: Any, data: Any) -> list[str]:
+    """Before training: a text model gets captioned images, a class model labels it can embed. ConfigError naming
+    the split and what was found otherwise; returns notes (e.g. how many images without a caption were skipped)."""
+    from ldm.data.captions import no_captions_message
+    from ldm.util import ConfigError
+
+    key = getattr(model, "cond_stage_key", None)
+    encoder = getattr(model, "cond_stage_model", None)
+    notes = []
+    for split, dataset in (getattr(data, "datasets", None) or {}).items():
+        folder = _folders(dataset)
+        if folder is None:
+            continue
+        where = f"data.params.{split}.params.root={folder.root}"
+        if key in ("caption", "txt"):
+            if not folder.has_captions:
+                raise ConfigError(no_captions_message(where, len(folder)))
+            if folder.num_uncaptioned and folder.missing_captions is None:
+                raise ConfigError(f"{where}: {folder.num_uncaptioned} of {len(folder)} images have no caption; set "
+                                  f"data.params.{split}.params.missing_captions=skip (leave them out) or =empty "
+                                  "(train them with an empty caption)")
+            if folder.num_uncaptioned:
+                done = "skipped" if folder.missing_captions == "skip" else "trained with an empty caption"
+                notes.append(f"data: {split}: {folder.num_uncaptioned} images without a caption {done}")
+        elif key in ("class_label", "class"):
+            if folder.class_names is None:
+                raise ConfigError(f"{where}: no class labels for a class-conditional model: put each class's images "
+                                  f"in a sub-folder of the root, or name a metadata column with "
+                                  f"data.params.{split}.params.label_key")
+            usable = getattr(encoder, "null_label", None) or getattr(encoder, "n_classes", None)
+            if usable is not None and len(folder.class_names) > usable:
+                raise ConfigError(f"{where}: {len(folder.class_names)} classes, but the model embeds {usable} "
+                                  f"(model.params.cond_stage_config.params.n_classes); raise n_classes")
+    return notes

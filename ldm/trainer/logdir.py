@@ -88,6 +88,18 @@ def handed_over() -> tuple[str, str] | None:
     return logdir, os.environ.get(NOW_ENV) or timestamp()
 
 
+def launched_processes() -> int:
+    """How many processes an external launcher started for this run: torchrun's WORLD_SIZE, srun's
+    SLURM_STEP_NUM_TASKS (1 when main.py starts its own DDP ranks, which get the folder through `hand_over`)."""
+    counts = []
+    for key in ("WORLD_SIZE", "SLURM_STEP_NUM_TASKS"):
+        try:
+            counts.append(int(os.environ.get(key, "1")))
+        except ValueError:
+            pass
+    return max([1, *counts])
+
+
 def choose_logdir(root: str, name: str | None = None, postfix: str = "", base: list[str] | None = None,
                   resume_logdir: str | None = None) -> tuple[str, str]:
     """(logdir, now): the resumed run's folder, the one rank 0 handed over (DDP ranks > 0), or a new

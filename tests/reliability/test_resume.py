@@ -84,3 +84,31 @@ def test_stage2_with_ema_and_caption_dropout_sigterm_then_resume_is_bit_identica
     state, diffs = _compare(tmp_path, STAGE2, [*STAGE2_TINY, f"model.params.first_stage_config.params.ckpt_path={ae}"])
     assert any(k.startswith("model_ema.") for k in state["state_dict"])
     assert diffs == {"weights": 0.0, "optimizer": 0.0, "lr_schedulers": 0.0, "global_step": 0}
+
+
+@pytest.mark.parametrize("val_every", [None, 6])
+def test_resume_at_the_end_of_an_epoch_continues_with_the_next_epochs_order(tmp_path, val_every):
+    """Stopped exactly at an epoch's end (4 batches of 4), then resumed: the same weights as one 8-batch run, also
+    when validation is due only every 6 batches (Lightning then counts one epoch more on resume)."""
+    import yaml
+
+    import main
+    from trainer_dummies import tiny_config
+
+    config = tiny_config(max_steps=8, enable_progress_bar=False)
+    images = {"target": "trainer_dummies.RandomImages", "params": {"n": 16, "size": 8}}
+    config["data"] = {"target": "main.DataModuleFromConfig",
+                      "params": {"batch_size": 4, "num_workers": 0, "train": images, "validation": images}}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    extra = [f"lightning.trainer.val_check_interval={val_every}"] if val_every else []
+    base = ["-b", str(path), "-t", "--logger", "csv", *extra]
+    assert main.main([*base, "-l", str(tmp_path / "straight")]) == 0
+    assert main.main([*base, "-l", str(tmp_path / "split"), "lightning.trainer.max_steps=4"]) == 0
+    run = only_run_folder(tmp_path / "split")
+    assert main.main(["-r", run, "lightning.trainer.max_steps=8"]) == 0
+    a = load_checkpoint(os.path.join(only_run_folder(tmp_path / "straight"), "checkpoints", "last.ckpt"))
+    b = load_checkpoint(os.path.join(run, "checkpoints", "last.ckpt"))
+    assert b["global_step"] == 8
+    assert max_abs_diff(a["state_dict"], b["state_dict"]) == 0.0
+    assert max_abs_diff(a["optimizer_states"], b["optimizer_states"]) == 0.0

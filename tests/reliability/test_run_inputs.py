@@ -1,8 +1,8 @@
 """main.py with bad values, unwritable places, a full disk and leftovers: one line naming the key or path, nothing
 lost; and the resume command it prints does what it says."""
 
-import errno
 import os
+import re
 
 import pytest
 import torch
@@ -80,17 +80,18 @@ def test_read_only_logdir_for_real(tmp_path, capsys):
 
 
 def test_validation_interval_longer_than_a_small_folders_epoch(tmp_path, capsys):
-    """16 images at batch 4 are 4 batches an epoch; validating every 6 batches still works (across epochs)."""
+    """16 images at batch 4 are 4 batches an epoch; validating every 6 batches becomes every 2 epochs."""
     assert _train(tmp_path, "lightning.trainer.val_check_interval=6", steps=12) == 0
     out = capsys.readouterr().out
-    assert "val_check_interval=6 is longer than an epoch (4 training batches)" in out
+    assert ("val_check_interval=6 is longer than an epoch (4 training batches): validating every 2 epoch(s) "
+            "(8 batches) instead") in out
     run = only_run_folder(tmp_path / "logs")
     assert _step(run) == 12
     import csv
 
     with open(os.path.join(run, "metrics.csv")) as f:
         val_steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("val/loss")]
-    assert val_steps == [5, 11]  # after batches 6 and 12
+    assert val_steps == [7]  # after batch 8
 
 
 # ------------------------------------------------------------------------------------------------ resume
@@ -139,7 +140,9 @@ def test_disk_full_during_training_is_one_line_and_keeps_the_last_checkpoint(tmp
     run = only_run_folder(tmp_path / "logs")
     last = os.path.join(run, "checkpoints", "last.ckpt")
     assert code == 1
-    assert f"cannot write {last}: no space left on device" in err and "Traceback" not in err
+    # last.ckpt or the top-k file of step 4, whichever Lightning saves first
+    assert re.search(rf"cannot write {re.escape(os.path.dirname(last))}/\S+\.ckpt: no space left on device", err), err
+    assert "Traceback" not in err
     assert f"the last complete checkpoint is {last}" in err
     assert _step(run) == 2  # intact, loadable
     assert not [f for f in os.listdir(os.path.dirname(last)) if f.endswith(TEMP_SUFFIX)]

@@ -75,20 +75,38 @@ def test_naming_another_file_does_not_unlock_last_ckpt(tmp_path, capsys):
     assert code != 0 and not marker.exists()
 
 
-def test_first_stage_ckpt_path_with_a_payload_is_refused(tmp_path):
+@pytest.mark.parametrize("where", ["model.params.first_stage_config.params.ckpt_path", "model.params.ckpt_path"])
+def test_ckpt_paths_in_a_config_with_a_payload_are_refused(tmp_path, where):
     from diffusion_configs import ldm_config
 
     from ldm.checkpoint import UnsafeCheckpointError
     from ldm.util import instantiate_from_config
 
     marker = tmp_path / "pwned"
-    evil = tmp_path / "ae.ckpt"
+    evil = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "payload": Payload(marker)}, evil)
-    config = OmegaConf.create(ldm_config("none"))
-    config.params.first_stage_config.params.ckpt_path = str(evil)
+    config = OmegaConf.create({"model": ldm_config("none")})
+    OmegaConf.update(config, where, str(evil))
     with pytest.raises(UnsafeCheckpointError, match="convert_checkpoint.py"):
-        instantiate_from_config(config)
+        instantiate_from_config(config.model)
     assert not marker.exists()
+
+
+def test_sampling_script_refuses_a_payload_checkpoint(tmp_path, capsys):
+    from diffusion_configs import ldm_config
+
+    from ldm.inference import cli
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "model.ckpt"
+    torch.save({"state_dict": {}, "payload": Payload(marker)}, evil)
+    config = tmp_path / "model.yaml"
+    OmegaConf.save(OmegaConf.create({"model": ldm_config("none")}), config)
+    code = cli.run(_load_script("txt2img").main, ["--config", str(config), "--ckpt", str(evil),
+                                                   "--outdir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code != 0 and not marker.exists()
+    assert str(evil) in err and "convert_checkpoint.py" in err and "Traceback" not in err
 
 
 # ------------------------------------------------------------------------------------------------ saved configs

@@ -186,3 +186,16 @@ def tiny_config(model: str = "trainer_dummies.TinyModel", n: int = 16, batch_siz
         "lightning": {"trainer": trainer_cfg,
                       "callbacks": {"image_logger": {"params": {"batch_frequency": 2, "max_images": 2}}}},
     }
+
+
+class RecordSeen(pl.Callback):
+    """Appends the `file_path_` of every training item to `<folder>/seen_rank<global rank>.txt` (which data each
+    DDP rank trained on)."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        os.makedirs(self.folder, exist_ok=True)
+        with open(os.path.join(self.folder, f"seen_rank{trainer.global_rank}.txt"), "a") as f:
+            f.writelines(f"{path}\n" for path in batch["file_path_"])

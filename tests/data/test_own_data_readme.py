@@ -1,0 +1,139 @@
+"""The README's "Your own data" commands, run as written on tiny generated folders (plus size-shrinking overrides),
+a class-conditional model on class sub-folders, and two DDP ranks on one folder: disjoint data, then a resume."""
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+for path in (ROOT, os.path.join(ROOT, "tests", "trainer"), os.path.join(ROOT, "tests", "models", "diffusion")):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+import main  # noqa: E402
+from diffusion_configs import cpu_stage1_checkpoint  # noqa: E402
+from ldm.checkpoint import load_checkpoint  # noqa: E402
+from trainer_helpers import only_run_folder, run_main, subprocess_env  # noqa: E402
+
+# Shrink the CPU overlay's model and run to seconds; the data path is what is under test.
+TINY = ["model.params.unet_config.params.model_channels=32", "model.context_dim=32", "model.text_layers=1",
+        "data.params.batch_size=2", "data.params.num_workers=0", "lightning.trainer.limit_val_batches=1",
+        "lightning.trainer.max_steps=2", "lightning.trainer.enable_progress_bar=false",
+        "lightning.trainer.enable_model_summary=false", "lightning.callbacks.shapes_accuracy=null",
+        "lightning.callbacks.image_logger.params.log_images_kwargs.ddim_steps=2", "--logger", "csv"]
+
+
+def readme_commands(section="## Your own data"):
+    """The commands of the first bash block after `section`, continuation lines joined, comments dropped."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    block = re.search(r"```bash\n(.*?)```", text[text.index(section):], re.S).group(1)
+    joined = re.sub(r"\\\n\s*", " ", block)
+    return [line.strip() for line in joined.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def write_images(folder, names, size=(72, 80)):
+    rng = np.random.default_rng(0)
+    for name in names:
+        path = os.path.join(folder, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
+
+
+@pytest.fixture
+def layouts(tmp_path):
+    """{placeholder in the README: a tiny folder in that layout}, and a stage-1 checkpoint."""
+    sidecar, hf = tmp_path / "my_images", tmp_path / "my_hf_folder"
+    names = [f"img{i:02d}.png" for i in range(13)]
+    write_images(sidecar, names)
+    for i, name in enumerate(names):
+        (sidecar / name.replace(".png", ".txt")).write_text(f"picture {i}\nanother caption of picture {i}\n")
+    write_images(hf, names)
+    (hf / "metadata.jsonl").write_text("\n".join(json.dumps({"file_name": n, "text": [f"picture {i}", "a pic"]})
+                                                 for i, n in enumerate(names)))
+    ae = tmp_path / "ae.ckpt"
+    cpu_stage1_checkpoint(ae)
+    return {"my_images": str(sidecar), "my_hf_folder": str(hf),
+            STAGE1: str(ae)}
+
+
+STAGE1 = "logs/<stage-1 run>/checkpoints/last.ckpt"
+
+
+def _fill(command, places):
+    for placeholder, path in places.items():
+        command = command.replace(placeholder, path)
+    return shlex.split(command)
+
+
+def test_readme_commands_train_stage2_on_each_layout(tmp_path, layouts, capsys):
+    commands = readme_commands()
+    trains = [c for c in commands if c.startswith("python main.py")]
+    assert len(trains) >= 2
+    for k, command in enumerate(trains):
+        argv = _fill(command, layouts)[2:]
+        logs = tmp_path / f"logs{k}"
+        assert main.main([*argv, "-l", str(logs), *TINY]) == 0, command
+        out = capsys.readouterr().out
+        assert "data: train: ImageFolder, 12 examples" in out  # 13 images, one held out for validation
+        run = only_run_folder(logs)
+        assert load_checkpoint(os.path.join(run, "checkpoints", "last.ckpt"))["global_step"] == 2
+
+
+def test_text_model_on_a_folder_without_captions_stops_before_training(tmp_path, layouts, capsys):
+    bare = tmp_path / "bare"
+    write_images(bare, ["a.png", "b.png", "c.png"])
+    command = readme_commands()[0].replace("my_images", str(bare))
+    code = main.main([*_fill(command, layouts)[2:], "-l", str(tmp_path / "logs"), *TINY])
+    err = capsys.readouterr().err
+    assert code == 2 and "found 2 images and 0 captions" in err and "metadata.jsonl" in err
+    assert not (tmp_path / "logs").exists()
+
+
+def test_class_model_on_class_subfolders(tmp_path, layouts, capsys):
+    classes = tmp_path / "classes"
+    write_images(classes, [f"{c}/{i}.png" for c in ("cat", "dog", "fox") for i in range(4)])
+    code = main.main(["--base", os.path.join(ROOT, "configs", "ldm_cin.yaml"),
+                      os.path.join(ROOT, "configs", "overlays", "cpu.yaml"), "-t",
+                      f"data.params.train.params.root={classes}", "-l", str(tmp_path / "logs"),
+                      f"model.params.first_stage_config.params.ckpt_path={layouts[STAGE1]}",
+                      *[t for t in TINY if "context_dim" not in t and "text_layers" not in t]])
+    assert code == 0, capsys.readouterr().err
+    code = main.main(["--base", os.path.join(ROOT, "configs", "ldm_cin.yaml"),
+                      os.path.join(ROOT, "configs", "overlays", "cpu.yaml"), "-t",
+                      f"data.params.train.params.root={classes}", "-l", str(tmp_path / "logs2"),
+                      f"model.params.first_stage_config.params.ckpt_path={layouts[STAGE1]}",
+                      "model.params.cond_stage_config.params.n_classes=2",
+                      "model.params.cond_stage_config.params.add_null_class=false"])
+    assert code == 2 and "3 classes, but the model embeds 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_ddp_ranks_see_disjoint_images_and_the_run_resumes(tmp_path, layouts):
+    seen = tmp_path / "seen"
+    argv = _fill(readme_commands()[0], layouts)[2:]
+    extra = ["lightning.trainer.devices=2", "lightning.trainer.max_steps=3",
+             "lightning.callbacks.record.target=trainer_dummies.RecordSeen",
+             f"lightning.callbacks.record.params.folder={seen}"]
+    logs = tmp_path / "logs"
+    proc = run_main([*argv, "-l", str(logs), *TINY, *extra], env=subprocess_env(), timeout=400)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [(seen / f"seen_rank{r}.txt").read_text().split() for r in (0, 1)]
+    assert [len(r) for r in ranks] == [6, 6]  # 3 batches of 2 on each rank
+    assert not set(ranks[0]) & set(ranks[1])  # within the first epoch (12 images) no image is on both ranks
+    run = only_run_folder(logs)
+    resumed = run_main(["-r", run, "lightning.trainer.max_steps=5"], env=subprocess_env(), timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert load_checkpoint(os.path.join(run, "checkpoints", "last.ckpt"))["global_step"] == 5
+    ranks = [(seen / f"seen_rank{r}.txt").read_text().split() for r in (0, 1)]
+    assert [len(r) for r in ranks] == [10, 10]
+    for step in range(5):  # the two ranks' batches of every step, resumed ones included, share no image
+        assert not set(ranks[0][2 * step:2 * step + 2]) & set(ranks[1][2 * step:2 * step + 2])
