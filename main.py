@@ -68,7 +68,7 @@ def build(opt: Namespace, dotlist: list[str]) -> dict[str, Any]:
     from ldm.trainer.signals import CheckpointOnSignal
     from ldm.util import instantiate_from_config
 
-    from ldm.trainer.checks import check_data_for_model, check_writable_logdir, fit_intervals_to_epoch
+    from ldm.trainer.checks import check_buckets, check_data_for_model, check_writable_logdir, fit_intervals_to_epoch
 
     resume = resolve_resume(opt.resume) if opt.resume else None
     if resume is None and handed_over() is None and launched_processes() > 1:
@@ -118,6 +118,7 @@ def build(opt: Namespace, dotlist: list[str]) -> dict[str, Any]:
     for split, dataset in (getattr(data, "datasets", None) or {}).items():
         say(f"data: {split}: {type(dataset).__name__}, {len(dataset)} examples")
     if opt.train:
+        check_buckets(config, data)
         notes += check_data_for_model(model, data) + fit_intervals_to_epoch(trainer, data)
 
     if opt.train:

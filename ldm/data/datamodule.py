@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from ldm.data.base import skipped_count
+from ldm.data.buckets import BucketDataLoader
 from ldm.data.resumable import ResumableDataLoader, run_seed
 from ldm.util import ConfigError, get_obj_from_str, instantiate_from_config
 
@@ -54,6 +55,8 @@ class DataModuleFromConfig(pl.LightningDataModule):
     there are any; memory is pinned only when the trainer runs on CUDA. `skipped_files()` counts unreadable files.
     With `resumable` (default) the training loader of a map-style dataset is a `ResumableDataLoader`: its order and
     augmentations depend only on the run's seed, and a run interrupted mid-epoch resumes at the same batch.
+    A dataset with aspect-ratio buckets (`bucket_sizes`, e.g. ImageFolder's `buckets`) gets a BucketDataLoader:
+    one bucket per batch, resumable in the same way.
     """
 
     def __init__(self, batch_size: int, train: Any = None, validation: Any = None, test: Any = None,
@@ -137,6 +140,12 @@ class DataModuleFromConfig(pl.LightningDataModule):
         iterable = isinstance(dataset, IterableDataset)
         workers = self.num_workers
         persistent = (workers > 0) if self.persistent_workers is None else (bool(self.persistent_workers) and workers > 0)
+        if getattr(dataset, "bucket_sizes", None) and not iterable:
+            # one bucket per batch; validation keeps its order (shuffle False) but still needs same-shape batches
+            return BucketDataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, seed=run_seed(),
+                                    num_workers=workers, pin_memory=self._use_pin_memory(),
+                                    worker_init_fn=worker_init_fn if self.use_worker_init_fn else None,
+                                    persistent_workers=persistent)
         if key == "train" and self.resumable and not iterable:
             return ResumableDataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, seed=run_seed(),
                                        num_workers=workers, pin_memory=self._use_pin_memory(),

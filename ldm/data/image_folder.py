@@ -14,9 +14,11 @@ import posixpath
 import warnings
 from collections.abc import Iterable, Sequence
 
+from PIL import Image
 from torch.utils.data import Dataset
 
 from ldm.data.base import BadImageWarning, SkipCounter
+from ldm.data.buckets import nearest_bucket, parse_buckets
 from ldm.data.captions import MISSING_CAPTIONS, caption_field, caption_list, choose_caption
 from ldm.data.transforms import ImageTransform, load_image
 from ldm.util import ConfigError
@@ -201,6 +203,11 @@ class ImageFolder(Dataset):
 
     `file_list` (a txt of relative paths, or a list) replaces the scan, as the CompVis `txt_file` datasets did.
     `split` = "train" / "validation" with `validation_fraction` carves a deterministic split from one folder.
+    `buckets` ({pixels, multiple, max_ratio} or a list of [h, w]; see ldm.data.buckets) gives each image the
+    non-square size of its aspect-ratio bucket (cover-resized, then cropped as `size` would be) instead of a
+    `size` square; `bucket_of(i)` reads only the file header. Pick `multiple` = first-stage x UNet downsampling,
+    e.g. 8 x 8 = 64 for KL-f8 with a 4-level UNet. Batches must then come from BucketBatchSampler (the
+    DataModule does this).
     `max_items` keeps a fixed pseudo-random subset. A file that cannot be decoded is skipped with a BadImageWarning and
     the next readable item is returned; `num_skipped` counts such files across DataLoader workers.
     """
@@ -210,7 +217,8 @@ class ImageFolder(Dataset):
                  class_from_subfolders: bool = True, max_items: int | None = None,
                  file_list: str | Sequence[str] | None = None, split: str | None = None,
                  validation_fraction: float = 0.0, split_seed: int = 0, interpolation: str = "bicubic",
-                 label_key: str | None = None, missing_captions: str | None = None, training: bool | None = None):
+                 label_key: str | None = None, missing_captions: str | None = None, training: bool | None = None,
+                 buckets: dict | Sequence[Sequence[int]] | None = None):
         root = os.path.expanduser(os.fspath(root))
         if not os.path.exists(root):
             raise FileNotFoundError(f"image folder not found: {root}")
@@ -262,6 +270,8 @@ class ImageFolder(Dataset):
         else:
             self.class_names = self._resolve_classes(paths) if class_from_subfolders else None
         self._skips = SkipCounter(len(self.paths))
+        self.bucket_sizes = parse_buckets(buckets) if buckets is not None else None
+        self._image_sizes: dict[str, tuple[int, int]] = {}  # (width, height) from the file header, per path
 
     def _read_metadata(self, metadata: list[str], caption_key: str | None, label_key: str | None) -> dict[str, dict]:
         """Metadata rows of every metadata file, keyed by image path relative to root (deeper files override)."""
@@ -337,10 +347,27 @@ class ImageFolder(Dataset):
         """The caption of item i for this step: one of its captions at random when training, else the first."""
         return choose_caption(self.caption_choices(i), self.training)
 
+    def bucket_of(self, index: int) -> int:
+        """Bucket of item `index` by its file header's aspect ratio (no decode; 0 for an unreadable header)."""
+        rel = self.paths[index]
+        if rel not in self._image_sizes:
+            try:
+                with Image.open(os.path.join(self.root, rel)) as img:
+                    # EXIF rotation swaps the sides the loader will see
+                    w, h = img.size
+                    if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+                        w, h = h, w
+            except Exception:  # __getitem__ skips it with a warning
+                w = h = 1
+            self._image_sizes[rel] = (w, h)
+        w, h = self._image_sizes[rel]
+        return nearest_bucket(h, w, self.bucket_sizes)
+
     def _example(self, i: int, image) -> dict:
         """The example dict of item i from its decoded RGB image."""
         path = os.path.join(self.root, self.paths[i])
-        example = {"image": self.transform(image), "file_path_": path}
+        out = None if self.bucket_sizes is None else self.bucket_sizes[self.bucket_of(i)]
+        example = {"image": self.transform(image, out=out), "file_path_": path}
         if self.has_captions:
             example["caption"] = self._caption(i)
         if self.class_names is not None and hasattr(self, "_labels"):
@@ -375,9 +402,15 @@ class ImageFolder(Dataset):
         """(decoded image, None), or (None, '<path>: <error type>: <message>') for a file that cannot be decoded."""
         path = os.path.join(self.root, rel)
         try:
-            return load_image(path, min_side=self.transform.size), None
+            return load_image(path, min_side=self._min_side()), None
         except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ... for bad data
             return None, f"{path}: {type(err).__name__}: {err}"
+
+    def _min_side(self) -> int | None:
+        """Shortest side a JPEG may be drafted down to: the crop size, or the longest bucket side."""
+        if self.bucket_sizes is None:
+            return self.transform.size
+        return max(max(hw) for hw in self.bucket_sizes)
 
     def _unreadable_message(self) -> str:
         """Why no item can be returned, counting the whole folder: 'all N images under ROOT (train split: k) are

@@ -138,28 +138,32 @@ class ImageTransform:
         self.interpolation = interpolation
         self._filter = resample_filter(interpolation)
 
-    def crop_box(self, width: int, height: int, rng: np.random.Generator | None = None) -> tuple[float, ...]:
-        """Source-pixel box whose resample is the `size` crop of the shorter-side-resized image."""
-        size = self.size
-        scale = size / min(width, height)
-        rw, rh = max(size, round(width * scale)), max(size, round(height * scale))
+    def crop_box(self, width: int, height: int, rng: np.random.Generator | None = None,
+                 out: tuple[int, int] | None = None) -> tuple[float, ...]:
+        """Source-pixel box whose resample is the crop of the resized image: `size` x `size`, or (h, w) = `out`
+        from the image scaled to cover it (an aspect-ratio bucket)."""
+        oh, ow = out if out is not None else (self.size, self.size)
+        scale = max(oh / height, ow / width)
+        rw, rh = max(ow, round(width * scale)), max(oh, round(height * scale))
         if self.random_crop:
             rng = rng if rng is not None else torch_seeded_rng()
-            x, y = int(rng.integers(0, rw - size + 1)), int(rng.integers(0, rh - size + 1))
+            x, y = int(rng.integers(0, rw - ow + 1)), int(rng.integers(0, rh - oh + 1))
         else:
-            x, y = (rw - size) // 2, (rh - size) // 2
+            x, y = (rw - ow) // 2, (rh - oh) // 2
         sx, sy = rw / width, rh / height
-        return (x / sx, y / sy, (x + size) / sx, (y + size) / sy)
+        return (x / sx, y / sy, (x + ow) / sx, (y + oh) / sy)
 
-    def __call__(self, img: Image.Image, rng: np.random.Generator | None = None) -> np.ndarray:
-        """Transform an RGB PIL image; `rng` makes the random crop / flip reproducible."""
+    def __call__(self, img: Image.Image, rng: np.random.Generator | None = None,
+                 out: tuple[int, int] | None = None) -> np.ndarray:
+        """Transform an RGB PIL image (to (h, w) = `out` when given); `rng` makes the random crop / flip reproducible."""
         if img.mode != "RGB":
             img = to_rgb(img)
         if self.random_crop or self.flip:
             rng = rng if rng is not None else torch_seeded_rng()
-        if self.size is not None:
-            box = self.crop_box(*img.size, rng=rng)
-            img = img.resize((self.size, self.size), self._filter, box=box)
+        if self.size is not None or out is not None:
+            oh, ow = out if out is not None else (self.size, self.size)
+            box = self.crop_box(*img.size, rng=rng, out=(oh, ow))
+            img = img.resize((ow, oh), self._filter, box=box)
         if self.flip and rng.random() < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return to_float_array(img)

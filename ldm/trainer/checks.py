@@ -107,3 +107,27 @@ def check_data_for_model(model: Any, data: Any) -> list[str]:
                 raise ConfigError(f"{where}: {len(folder.class_names)} classes, but the model embeds {usable} "
                                   f"(model.params.cond_stage_config.params.n_classes); raise n_classes")
     return notes
+
+
+def check_buckets(config: Any, data: Any) -> None:
+    """Every aspect-ratio bucket must be divisible by the model's total downsampling (first stage x UNet), else
+    the first odd-sized batch fails deep inside the network; ConfigError naming the split otherwise."""
+    from omegaconf import OmegaConf
+
+    from ldm.data.buckets import check_bucket_multiple
+    from ldm.util import ConfigError
+
+    factor = 1
+    for key in ("model.params.first_stage_config.params.ddconfig.ch_mult", "model.params.ddconfig.ch_mult",
+                "model.params.unet_config.params.channel_mult"):
+        levels = OmegaConf.select(config, key, default=None)
+        if levels:
+            factor *= 2 ** (len(levels) - 1)
+    for split, dataset in (getattr(data, "datasets", None) or {}).items():
+        folder = _folders(dataset)
+        sizes = getattr(folder, "bucket_sizes", None)
+        if sizes:
+            try:
+                check_bucket_multiple(sizes, factor)
+            except ConfigError as err:
+                raise ConfigError(f"data.params.{split}.params.buckets: {err}") from None

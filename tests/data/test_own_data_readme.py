@@ -137,3 +137,28 @@ def test_two_ddp_ranks_see_disjoint_images_and_the_run_resumes(tmp_path, layouts
     assert [len(r) for r in ranks] == [10, 10]
     for step in range(5):  # the two ranks' batches of every step, resumed ones included, share no image
         assert not set(ranks[0][2 * step:2 * step + 2]) & set(ranks[1][2 * step:2 * step + 2])
+
+
+def test_aspect_ratio_buckets_through_main(tmp_path, layouts, capsys):
+    """Wide and tall images train in 64x128 / 128x64 buckets (multiples of KL-f8 x the 4-level UNet = 64); buckets
+    the model cannot divide are refused before training."""
+    mixed = tmp_path / "mixed"
+    write_images(mixed, [f"wide{i}.png" for i in range(6)], size=(80, 160))
+    write_images(mixed, [f"tall{i}.png" for i in range(6)], size=(160, 80))
+    for name in os.listdir(mixed):
+        (mixed / name.replace(".png", ".txt")).write_text(name[:4] + " picture")
+    command = readme_commands()[0].replace("my_images", str(mixed))
+    buckets = "[[64,128],[128,64]]"
+    argv = [*_fill(command, layouts)[2:], *TINY, f"data.params.train.params.buckets={buckets}",
+            f"data.params.validation.params.buckets={buckets}",
+            "lightning.callbacks.record.target=trainer_dummies.RecordSeen",
+            f"lightning.callbacks.record.params.folder={tmp_path / 'seen'}"]
+    assert main.main([*argv, "-l", str(tmp_path / "logs")]) == 0, capsys.readouterr().err
+    seen = (tmp_path / "seen" / "seen_rank0.txt").read_text().split()
+    assert len(seen) == 4
+    for a, b in (seen[0:2], seen[2:4]):  # one bucket per batch
+        assert os.path.basename(a)[:4] == os.path.basename(b)[:4]
+    bad = [*argv[:-2], "data.params.train.params.buckets=[[48,80],[80,48]]", "-l", str(tmp_path / "logs2")]
+    assert main.main(bad) == 2
+    err = capsys.readouterr().err
+    assert "data.params.train.params.buckets: bucket sizes [(48, 80), (80, 48)] are not multiples of 64" in err
