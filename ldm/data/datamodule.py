@@ -151,7 +151,7 @@ class DataModuleFromConfig(pl.LightningDataModule):
                                        num_workers=workers, pin_memory=self._use_pin_memory(),
                                        worker_init_fn=worker_init_fn if self.use_worker_init_fn else None,
                                        persistent_workers=persistent)
-        return DataLoader(
+        loader = DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle and not iterable,  # an IterableDataset orders itself
@@ -160,6 +160,10 @@ class DataModuleFromConfig(pl.LightningDataModule):
             pin_memory=self._use_pin_memory(),
             persistent_workers=persistent,
         )
+        if iterable and callable(getattr(dataset, "set_epoch", None)):
+            # Lightning tells the loader's sampler the epoch; an iterable dataset (shards) orders itself, so pass it on
+            loader.sampler.set_epoch = dataset.set_epoch
+        return loader
 
     def _train_dataloader(self) -> DataLoader:
         """Shuffled loader over `data.params.train`."""

@@ -33,13 +33,14 @@ def _options(cls: type) -> set[str]:
     return names - {"root", "size", "split", "length", "random_crop", "flip", "validation_fraction"}
 
 
-def _route(options: dict, source: str, folder: set[str], shapes: set[str]) -> dict:
-    """The options that apply to `source` ("folder" or "shapes"); unknown ones raise, others' are dropped."""
+def _route(options: dict, source: str, folder: set[str], shapes: set[str], mine: set[str] | None = None) -> dict:
+    """The options that apply to `source` ("folder", "shapes", or "shards" with `mine`); unknown ones raise,
+    others' are dropped."""
     unknown = sorted(set(options) - folder - shapes)
     if unknown:
         raise ConfigError(f"image_dataset: unknown option(s) {unknown}; folder options: {sorted(folder)}; "
                           f"shapes options: {sorted(shapes)}")
-    mine = folder if source == "folder" else shapes
+    mine = mine if mine is not None else folder if source == "folder" else shapes
     unused = sorted(k for k in options if k not in mine)
     if unused:
         log.info("image_dataset: %s not used with the %s data", ", ".join(unused), source)
@@ -50,7 +51,7 @@ def _route(options: dict, source: str, folder: set[str], shapes: set[str]) -> di
 def image_dataset(root: str | None = None, size: int = 256, split: str = "train",
                   validation_fraction: float = DEFAULT_VALIDATION_FRACTION, random_crop: bool | None = None,
                   flip: bool | None = None, length: int | None = None, source: str = "photos",
-                  **options) -> Dataset:
+                  shards: str | list | None = None, **options) -> Dataset:
     """Images as {"image": HWC float32 in [-1, 1], and "caption" / "class_label" where the source has them}.
 
     root=None, source="photos": random multi-scale crops of the photos shipped in scikit-image / scikit-learn /
@@ -60,6 +61,8 @@ def image_dataset(root: str | None = None, size: int = 256, split: str = "train"
     caption_key, missing_captions, label_key, ...) with random crops and flips for training, center crops for
     validation; when `validation_fraction` > 0 the folder is split deterministically so train and validation do not
     overlap (set it to 0 when validation has a folder of its own).
+    shards=<urls>: WebDataset shards (`ldm.data.shards.ShardDataset`: a brace pattern or a list; their manifest sets
+    the epoch length, so `length` is not used; `options` may hold caption_key, shuffle_buffer, manifest, ...).
     """
     from ldm.data.image_folder import ImageFolder
     from ldm.data.shapes import ShapesDataset, ShapesTrain, ShapesValidation
@@ -70,6 +73,14 @@ def image_dataset(root: str | None = None, size: int = 256, split: str = "train"
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     folder_options, shapes_options = _options(ImageFolder), _options(ShapesDataset)
+    if shards is not None:
+        from ldm.data.shards import ShardDataset
+
+        if root is not None:
+            raise ConfigError("image_dataset: give `root` (a folder) or `shards`, not both")
+        shard_options = _options(ShardDataset) - {"urls"}
+        kwargs = _route(options, "shards", folder_options | shard_options, shapes_options, mine=shard_options)
+        return ShardDataset(shards, size=size, split=split, random_crop=random_crop, flip=flip, **kwargs)
     if root is None and source == "shapes":
         kwargs = _route(options, "shapes", folder_options, shapes_options)
         shapes = ShapesTrain if training else ShapesValidation

@@ -63,11 +63,13 @@ def fit_intervals_to_epoch(trainer: pl.Trainer, data: Any) -> list[str]:
 
 
 def _folders(dataset: Any) -> Any:
-    """The ImageFolder inside `dataset` (wrappers and task datasets keep theirs in `.data`), or None."""
+    """The ImageFolder or ShardDataset inside `dataset` (wrappers and task datasets keep theirs in `.data`), or
+    None."""
     from ldm.data.image_folder import ImageFolder
+    from ldm.data.shards import ShardDataset
 
     for _ in range(4):
-        if isinstance(dataset, ImageFolder):
+        if isinstance(dataset, (ImageFolder, ShardDataset)):
             return dataset
         dataset = getattr(dataset, "data", None)
     return None
@@ -86,16 +88,18 @@ def check_data_for_model(model: Any, data: Any) -> list[str]:
         folder = _folders(dataset)
         if folder is None:
             continue
-        where = f"data.params.{split}.params.root={folder.root}"
+        root = getattr(folder, "root", None)
+        where = f"data.params.{split}.params." + (f"root={root}" if root else f"shards={folder.urls[0]}...")
         if key in ("caption", "txt"):
             if not folder.has_captions:
                 raise ConfigError(no_captions_message(where, len(folder)))
-            if folder.num_uncaptioned and folder.missing_captions is None:
+            missing = getattr(folder, "missing_captions", "empty")  # shards: make_shards.py decided when packing
+            if folder.num_uncaptioned and missing is None:
                 raise ConfigError(f"{where}: {folder.num_uncaptioned} of {len(folder)} images have no caption; set "
                                   f"data.params.{split}.params.missing_captions=skip (leave them out) or =empty "
                                   "(train them with an empty caption)")
             if folder.num_uncaptioned:
-                done = "skipped" if folder.missing_captions == "skip" else "trained with an empty caption"
+                done = "skipped" if missing == "skip" else "trained with an empty caption"
                 notes.append(f"data: {split}: {folder.num_uncaptioned} images without a caption {done}")
         elif key in ("class_label", "class"):
             if folder.class_names is None:

@@ -77,13 +77,28 @@ def _fill(command, places):
 def test_readme_commands_train_stage2_on_each_layout(tmp_path, layouts, capsys):
     commands = readme_commands()
     trains = [c for c in commands if c.startswith("python main.py")]
-    assert len(trains) >= 2
-    for k, command in enumerate(trains):
+    assert len(trains) == 3  # folder + .txt, metadata.jsonl, shards
+    layouts = {**layouts, "my_shards": str(tmp_path / "my_shards"), "--shard-size 1000": "--shard-size 5"}
+    for command in commands:
         argv = _fill(command, layouts)[2:]
-        logs = tmp_path / f"logs{k}"
+        if command.startswith("python scripts/make_shards.py"):
+            import importlib.util
+
+            script = os.path.join(ROOT, "scripts", "make_shards.py")
+            spec = importlib.util.spec_from_file_location("make_shards", script)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            module.main(argv)
+            assert sorted(os.listdir(tmp_path / "my_shards")) == ["000000.tar", "000001.tar", "000002.tar",
+                                                                 "manifest.json"]  # 13 images, 5 per shard
+            continue
+        logs = tmp_path / f"logs{commands.index(command)}"
         assert main.main([*argv, "-l", str(logs), *TINY]) == 0, command
         out = capsys.readouterr().out
-        assert "data: train: ImageFolder, 12 examples" in out  # 13 images, one held out for validation
+        if "shards=" in command:
+            assert "data: train: ShardDataset, 13 examples" in out
+        else:
+            assert "data: train: ImageFolder, 12 examples" in out  # 13 images, one held out for validation
         run = only_run_folder(logs)
         assert load_checkpoint(os.path.join(run, "checkpoints", "last.ckpt"))["global_step"] == 2
 
@@ -117,9 +132,16 @@ def test_class_model_on_class_subfolders(tmp_path, layouts, capsys):
 
 
 @pytest.mark.slow
-def test_two_ddp_ranks_see_disjoint_images_and_the_run_resumes(tmp_path, layouts):
+@pytest.mark.parametrize("source", ["folder", "shards"])
+def test_two_ddp_ranks_see_disjoint_images_and_the_run_resumes(tmp_path, layouts, source):
     seen = tmp_path / "seen"
     argv = _fill(readme_commands()[0], layouts)[2:]
+    if source == "shards":  # the same 13 images in 3 shards: 6 samples per rank and epoch (one left over)
+        subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_shards.py"), layouts["my_images"],
+                        str(tmp_path / "shards"), "--shard-size", "5"], check=True, capture_output=True)
+        argv = [a for a in argv if not a.startswith("data.params.train.params.root=")]
+        argv += [f"data.params.train.params.shards={tmp_path / 'shards'}/{{000000..000002}}.tar",
+                 f"data.params.validation.params.shards={tmp_path / 'shards'}/000002.tar"]
     extra = ["lightning.trainer.devices=2", "lightning.trainer.max_steps=3",
              "lightning.callbacks.record.target=trainer_dummies.RecordSeen",
              f"lightning.callbacks.record.params.folder={seen}"]
@@ -128,7 +150,7 @@ def test_two_ddp_ranks_see_disjoint_images_and_the_run_resumes(tmp_path, layouts
     assert proc.returncode == 0, proc.stderr[-4000:]
     ranks = [(seen / f"seen_rank{r}.txt").read_text().split() for r in (0, 1)]
     assert [len(r) for r in ranks] == [6, 6]  # 3 batches of 2 on each rank
-    assert not set(ranks[0]) & set(ranks[1])  # within the first epoch (12 images) no image is on both ranks
+    assert not set(ranks[0]) & set(ranks[1])  # within the first epoch no image is on both ranks
     run = only_run_folder(logs)
     resumed = run_main(["-r", run, "lightning.trainer.max_steps=5"], env=subprocess_env(), timeout=400)
     assert resumed.returncode == 0, resumed.stderr[-4000:]

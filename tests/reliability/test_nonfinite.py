@@ -3,7 +3,6 @@
 import hashlib
 import os
 
-import pytest
 import torch
 
 import main
