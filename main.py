@@ -38,20 +38,17 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'main' has no attribute '{name}'")
 
 
-def say(message: str) -> None:
-    """Print on global rank 0 only."""
+def say(message: str, error: bool = False) -> None:
+    """Print on global rank 0 only (to stderr when `error`)."""
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     if rank_zero_only.rank == 0:
-        print(message, flush=True)
+        print(message, file=sys.stderr if error else sys.stdout, flush=True)
 
 
 def complain(message: str) -> None:
-    """Print an error line to stderr on global rank 0 only."""
-    from pytorch_lightning.utilities.rank_zero import rank_zero_only
-
-    if rank_zero_only.rank == 0:
-        print(message, file=sys.stderr, flush=True)
+    """An error line on stderr, rank 0 only."""
+    say(message, error=True)
 
 
 def build(opt: Namespace, dotlist: list[str]) -> dict[str, Any]:

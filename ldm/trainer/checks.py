@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 import pytorch_lightning as pl
+from torch.utils.data import IterableDataset
 
 from ldm.trainer.cli import UsageError
 
@@ -36,7 +37,9 @@ def train_batches_per_epoch(trainer: pl.Trainer, data: Any) -> int | None:
         return None
     if not batch_size:
         return None
-    batches = math.ceil(math.ceil(n / max(1, trainer.world_size)) / batch_size)
+    # a map-style dataset is split across ranks by the sampler; an iterable one (shards) reports its per-rank length
+    per_rank = n if isinstance(dataset, IterableDataset) else math.ceil(n / max(1, trainer.world_size))
+    batches = math.ceil(per_rank / batch_size)
     limit = trainer.limit_train_batches
     if isinstance(limit, int):
         batches = min(batches, limit)
