@@ -1,5 +1,6 @@
 """Aspect-ratio buckets: a set of non-square (h, w) sizes of about equal area, which bucket an image belongs to, and a
-DDP-aware, resumable sampler whose batches each hold items of one bucket only (so a batch stacks to one shape).
+DDP-aware, resumable sampler whose batches each hold items of one bucket only (so a batch stacks to one shape);
+for streamed data (shards), `batches_by_shape` groups a stream into such batches instead.
 
 Pick `multiple` = first-stage downsampling x UNet downsampling (2 ** (len(channel_mult) - 1)), e.g. 8 x 8 = 64 for
 KL-f8 with a 4-level UNet, so every bucket gives whole latents and whole UNet levels (`check_bucket_multiple`)."""
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
@@ -44,6 +45,12 @@ def nearest_bucket(height: int, width: int, buckets: Sequence[tuple[int, int]]) 
     """Index of the bucket whose aspect ratio is nearest to height/width's (compared as log ratios)."""
     target = math.log(width / height)
     return min(range(len(buckets)), key=lambda i: abs(math.log(buckets[i][1] / buckets[i][0]) - target))
+
+
+def decode_side(size: int | None, bucket_sizes: Sequence[tuple[int, int]] | None) -> int | None:
+    """Shortest side a JPEG may be drafted down to (`load_image`'s min_side): the crop size, or the longest bucket
+    side."""
+    return max(max(hw) for hw in bucket_sizes) if bucket_sizes else size
 
 
 def check_bucket_multiple(sizes: Sequence[tuple[int, int]], factor: int) -> None:
@@ -139,3 +146,34 @@ class BucketDataLoader(ResumableDataLoader):
 
     def _skip(self, batches: int) -> None:
         self.resumable_sampler.start = batches
+
+
+def batches_by_shape(examples: Iterable[dict], n_batches: int, batch_size: int) -> Iterator[Any]:
+    """Exactly `n_batches` collated batches (fewer only if the stream runs dry) from a stream of examples, each batch
+    of one image shape: a shape's batch is yielded as soon as it holds `batch_size` examples; when the stream ends
+    first, the fullest partial batches make up the rest. A stream of at least n_batches * batch_size examples always
+    suffices (its leftovers, fewer than batch_size per shape, hold more than the missing batches' worth), so every
+    reader, and so every rank, yields the same number of batches. Examples still pending when n_batches are out are
+    not used this epoch: fewer than batch_size per shape."""
+    if n_batches <= 0:
+        return
+    pending: dict[tuple, list[dict]] = {}
+    made = 0
+    stream = iter(examples)
+    try:
+        for example in stream:
+            shape = tuple(example["image"].shape)
+            group = pending.setdefault(shape, [])
+            group.append(example)
+            if len(group) == batch_size:
+                del pending[shape]
+                yield default_collate(group)
+                made += 1
+                if made == n_batches:
+                    return
+        for group in sorted(pending.values(), key=len, reverse=True)[:n_batches - made]:
+            yield default_collate(group)
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()  # stops the reader (and closes its open shard) when the batches are out before the stream ends

@@ -56,7 +56,7 @@ class DataModuleFromConfig(pl.LightningDataModule):
     With `resumable` (default) the training loader of a map-style dataset is a `ResumableDataLoader`: its order and
     augmentations depend only on the run's seed, and a run interrupted mid-epoch resumes at the same batch.
     A dataset with aspect-ratio buckets (`bucket_sizes`, e.g. ImageFolder's `buckets`) gets a BucketDataLoader:
-    one bucket per batch, resumable in the same way.
+    one bucket per batch, resumable in the same way; a streamed one (ShardDataset's `buckets`) batches itself.
     """
 
     def __init__(self, batch_size: int, train: Any = None, validation: Any = None, test: Any = None,
@@ -146,6 +146,14 @@ class DataModuleFromConfig(pl.LightningDataModule):
                                     num_workers=workers, pin_memory=self._use_pin_memory(),
                                     worker_init_fn=worker_init_fn if self.use_worker_init_fn else None,
                                     persistent_workers=persistent)
+        if getattr(dataset, "bucket_sizes", None) and iterable:
+            # a stream (shards) groups itself into one-bucket batches; the loader passes them on whole
+            dataset.batch_by_bucket(self.batch_size, workers)
+            loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=self._use_pin_memory(),
+                                worker_init_fn=worker_init_fn if self.use_worker_init_fn else None,
+                                persistent_workers=persistent)
+            loader.sampler.set_epoch = dataset.set_epoch  # see below
+            return loader
         if key == "train" and self.resumable and not iterable:
             return ResumableDataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, seed=run_seed(),
                                        num_workers=workers, pin_memory=self._use_pin_memory(),

@@ -18,7 +18,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ldm.data.base import BadImageWarning, SkipCounter
-from ldm.data.buckets import nearest_bucket, parse_buckets
+from ldm.data.buckets import decode_side, nearest_bucket, parse_buckets
 from ldm.data.captions import MISSING_CAPTIONS, caption_field, caption_list, choose_caption
 from ldm.data.transforms import ImageTransform, load_image
 from ldm.util import ConfigError
@@ -402,15 +402,9 @@ class ImageFolder(Dataset):
         """(decoded image, None), or (None, '<path>: <error type>: <message>') for a file that cannot be decoded."""
         path = os.path.join(self.root, rel)
         try:
-            return load_image(path, min_side=self._min_side()), None
+            return load_image(path, min_side=decode_side(self.transform.size, self.bucket_sizes)), None
         except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ... for bad data
             return None, f"{path}: {type(err).__name__}: {err}"
-
-    def _min_side(self) -> int | None:
-        """Shortest side a JPEG may be drafted down to: the crop size, or the longest bucket side."""
-        if self.bucket_sizes is None:
-            return self.transform.size
-        return max(max(hw) for hw in self.bucket_sizes)
 
     def _unreadable_message(self) -> str:
         """Why no item can be returned, counting the whole folder: 'all N images under ROOT (train split: k) are

@@ -30,6 +30,12 @@ rest of that epoch's share is not seen (Lightning 2.6, checked: stopped after ba
 batches 3-6 on the stream's first 4 samples). Resumed in epoch e, the run's epochs e, e+1, ... get the shard orders
 and augmentations of epochs 0, 1, ... again, unless a callback calls `set_epoch(trainer.current_epoch)`.
 
+Aspect-ratio buckets (`buckets`, as for folders: ldm.data.buckets): each image is resized and cropped to the bucket
+of its aspect ratio, and each reader groups its stream into batches of one size (`batch_by_bucket`, which the data
+module calls with its batch size and worker count; the loader then takes whole batches). Every reader yields
+floor(its samples / batch size) batches, so ranks stay equal; per reader and epoch, fewer than batch size samples per
+bucket are left over and not used (the order changes every epoch, so which ones changes too).
+
 `pipe:` urls run a shell command (webdataset's url openers), so they are refused unless the user sets
 LDM_ALLOW_PIPE_URLS=1: a shared config or run folder must not run commands.
 """
@@ -55,6 +61,7 @@ from webdataset.shardlists import expand_urls as wds_expand_urls
 from webdataset.tariterators import base_plus_ext
 
 from ldm.data.base import BadImageWarning, SkipCounter
+from ldm.data.buckets import batches_by_shape, decode_side, nearest_bucket, parse_buckets
 from ldm.data.captions import caption_field, caption_list, choose_caption
 from ldm.data.image_folder import DEFAULT_EXTENSIONS, SPLITS, UnreadableImagesError
 from ldm.data.resumable import derived_seed, run_seed, seeded_global_rngs
@@ -254,13 +261,16 @@ class ShardDataset(IterableDataset):
     `manifest`: make_shards' manifest.json (default: next to the first local shard); `length` (samples per rank and
     epoch) replaces it, or shortens the epoch. `training` (default: `split` is not validation) shuffles shards and
     samples and picks random captions; `random_crop` / `flip` default to `training`. `seed` defaults to the run's.
+    `buckets`: aspect-ratio buckets ({pixels, multiple, max_ratio} or a list of [h, w]) instead of `size` squares;
+    see the module doc.
     """
 
     def __init__(self, urls: str | Sequence[str], size: int | None = 256, manifest: str | None = None,
                  shuffle_buffer: int = 1000, caption_key: str | None = None, training: bool | None = None,
                  split: str | None = None, random_crop: bool | None = None, flip: bool | None = None,
                  seed: int | None = None, length: int | None = None, interpolation: str = "bicubic",
-                 rank: int | None = None, world_size: int | None = None):
+                 rank: int | None = None, world_size: int | None = None,
+                 buckets: dict | Sequence[Sequence[int]] | None = None):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {[s for s in SPLITS if s]} or None, got {split!r}")
         if length is not None and int(length) <= 0:
@@ -277,6 +287,8 @@ class ShardDataset(IterableDataset):
         self.seed = run_seed() if seed is None else int(seed)
         self.length = None if length is None else int(length)
         self.rank, self.world_size = rank, world_size
+        self.bucket_sizes = parse_buckets(buckets) if buckets is not None else None
+        self.bucket_batch: tuple[int, int] | None = None  # (batch size, DataLoader workers): see batch_by_bucket
 
         self.manifest_path = self._find_manifest(manifest)
         info = read_manifest(self.manifest_path) if self.manifest_path else {}
@@ -346,8 +358,28 @@ class ShardDataset(IterableDataset):
                               f"{self.total} samples give {world_size} rank(s) ({self.manifest_path})")
         return self.length or per_rank
 
+    def batch_by_bucket(self, batch_size: int, num_workers: int) -> None:
+        """Yield whole batches of one bucket each (for a DataLoader with batch_size=None and `num_workers`)."""
+        if not self.bucket_sizes:
+            raise ValueError("batch_by_bucket needs `buckets`")
+        self.bucket_batch = (int(batch_size), max(1, int(num_workers)))
+        if len(self) == 0:
+            rank_share = self.rank_length(world_info(self.rank, self.world_size)[1])
+            raise ConfigError(f"{rank_share} samples per rank, split over {self.bucket_batch[1]} DataLoader "
+                              f"worker(s), do not make one bucket batch of {batch_size}; lower the batch size or "
+                              f"num_workers")
+
+    def _reader_batches(self, length: int, workers: int, worker: int) -> int:
+        """Bucket batches DataLoader worker `worker` of `workers` yields from a rank share of `length` samples."""
+        return stream_share(length, workers, worker)[1] // self.bucket_batch[0]
+
     def __len__(self) -> int:
-        return self.rank_length(world_info(self.rank, self.world_size)[1])
+        """Samples per epoch of this rank, or batches when batching by bucket."""
+        length = self.rank_length(world_info(self.rank, self.world_size)[1])
+        if self.bucket_batch is None:
+            return length
+        workers = self.bucket_batch[1]
+        return sum(self._reader_batches(length, workers, w) for w in range(workers))
 
     def __getstate__(self) -> dict:
         # Pickled for spawned DataLoader workers (e.g. under mp.spawn / ddp_spawn), which have no process group and
@@ -431,6 +463,19 @@ class ShardDataset(IterableDataset):
                 index += 1
 
     def __iter__(self) -> Iterator[dict]:
+        if self.bucket_batch is None:
+            yield from self._examples()
+            return
+        worker, workers = _worker()
+        if workers != self.bucket_batch[1]:
+            raise RuntimeError(f"batch_by_bucket was told {self.bucket_batch[1]} DataLoader worker(s), but "
+                               f"{workers} read the shards")
+        length = self.rank_length(world_info(self.rank, self.world_size)[1])
+        yield from batches_by_shape(self._examples(), self._reader_batches(length, workers, worker),
+                                    self.bucket_batch[0])
+
+    def _examples(self) -> Iterator[dict]:
+        """This reader's share of the epoch, one example at a time."""
         rank, world = world_info(self.rank, self.world_size)
         worker, workers = _worker()
         epoch = self._next_epoch(worker)
@@ -488,8 +533,11 @@ class ShardDataset(IterableDataset):
         with seeded_global_rngs(derived_seed(*parts)):
             try:
                 data = io.BytesIO(sample[ext])
-                image = load_image(data, min_side=self.transform.size)
-                example = {"image": self.transform(image), "file_path_": f"{self.urls[shard]}#{sample['__key__']}"}
+                image = load_image(data, min_side=decode_side(self.transform.size, self.bucket_sizes))
+                out = None if not self.bucket_sizes else self.bucket_sizes[nearest_bucket(image.height, image.width,
+                                                                                          self.bucket_sizes)]
+                example = {"image": self.transform(image, out=out),
+                           "file_path_": f"{self.urls[shard]}#{sample['__key__']}"}
                 if self.has_captions:
                     member = "txt/.json"
                     example["caption"] = choose_caption(self._captions(sample), self.training)

@@ -1,10 +1,14 @@
 """Fixtures for the data tests: small generated image trees with captions, classes and bad files."""
 import io
 import json
+import os
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # shard_helpers (importlib mode: no conftest imports)
 
 
 def make_rgb(width=40, height=30, seed=0):

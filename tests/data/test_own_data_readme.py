@@ -161,17 +161,25 @@ def test_two_ddp_ranks_see_disjoint_images_and_the_run_resumes(tmp_path, layouts
         assert not set(ranks[0][2 * step:2 * step + 2]) & set(ranks[1][2 * step:2 * step + 2])
 
 
-def test_aspect_ratio_buckets_through_main(tmp_path, layouts, capsys):
-    """Wide and tall images train in 64x128 / 128x64 buckets (multiples of KL-f8 x the 4-level UNet = 64); buckets
-    the model cannot divide are refused before training."""
+@pytest.mark.parametrize("source", ["folder", "shards"])
+def test_aspect_ratio_buckets_through_main(tmp_path, layouts, capsys, source):
+    """Wide and tall images train in 64x128 / 128x64 buckets (multiples of KL-f8 x the 4-level UNet = 64), from a
+    folder and from shards; buckets the model cannot divide are refused before training."""
     mixed = tmp_path / "mixed"
     write_images(mixed, [f"wide{i}.png" for i in range(6)], size=(80, 160))
     write_images(mixed, [f"tall{i}.png" for i in range(6)], size=(160, 80))
     for name in os.listdir(mixed):
         (mixed / name.replace(".png", ".txt")).write_text(name[:4] + " picture")
     command = readme_commands()[0].replace("my_images", str(mixed))
+    argv = _fill(command, layouts)[2:]
+    if source == "shards":
+        subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_shards.py"), str(mixed),
+                        str(tmp_path / "shards"), "--shard-size", "4"], check=True, capture_output=True)
+        argv = [a for a in argv if not a.startswith("data.params.train.params.root=")]
+        argv += [f"data.params.train.params.shards={tmp_path / 'shards'}/{{000000..000002}}.tar",
+                 f"data.params.validation.params.shards={tmp_path / 'shards'}/000002.tar"]
     buckets = "[[64,128],[128,64]]"
-    argv = [*_fill(command, layouts)[2:], *TINY, f"data.params.train.params.buckets={buckets}",
+    argv = [*argv, *TINY, f"data.params.train.params.buckets={buckets}",
             f"data.params.validation.params.buckets={buckets}",
             "lightning.callbacks.record.target=trainer_dummies.RecordSeen",
             f"lightning.callbacks.record.params.folder={tmp_path / 'seen'}"]

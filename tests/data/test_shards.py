@@ -18,6 +18,8 @@ from ldm.data.base import BadImageWarning, skipped_count
 from ldm.data.shards import ShardDataset, ShardError, expand_urls, plan_range, shard_name, write_manifest
 from ldm.util import ConfigError
 
+from shard_helpers import png_bytes, tar_bytes  # noqa: E402  (tests/data/conftest.py puts it on the path)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -52,23 +54,6 @@ def packed(tmp_path):
 
 def keys_of(items):
     return [ex["file_path_"].rsplit("#", 1)[1] for ex in items]
-
-
-def tar_bytes(members):
-    """A tar of (name, bytes) members."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def png_bytes(value):
-    buf = io.BytesIO()
-    Image.fromarray(np.full((16, 16, 3), value, np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def read_as(ds, rank, world, worker, workers, monkeypatch):
