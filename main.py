@@ -30,20 +30,27 @@ USER_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, Permiss
 
 
 def __getattr__(name: str) -> Any:
-    """`main.DataModuleFromConfig` (CompVis config target), imported on first use."""
+    """`main.DataModuleFromConfig` (CompVis config target) and `main.instantiate_from_config` (imported from here by
+    the original scripts, e.g. inpaint.py), imported on first use."""
     if name == "DataModuleFromConfig":
         from ldm.data.datamodule import DataModuleFromConfig
 
         return DataModuleFromConfig
+    if name in ("instantiate_from_config", "get_obj_from_str"):
+        import ldm.util
+
+        return getattr(ldm.util, name)
     raise AttributeError(f"module 'main' has no attribute '{name}'")
 
 
 def say(message: str, error: bool = False) -> None:
-    """Print on global rank 0 only (to stderr when `error`)."""
+    """A note (stdout) or error (stderr) on global rank 0 only, through logging, so `<logdir>/log.txt` has it too."""
+    import logging
+
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     if rank_zero_only.rank == 0:
-        print(message, file=sys.stderr if error else sys.stdout, flush=True)
+        logging.getLogger("ldm.main").log(logging.ERROR if error else logging.INFO, message, extra={"bare": True})
 
 
 def complain(message: str) -> None:
@@ -95,7 +102,7 @@ def build(opt: Namespace, dotlist: list[str]) -> dict[str, Any]:
         say("lightning.trainer.enable_checkpointing=false: no checkpoints, so this run cannot be resumed")
     stats = TrainingStats()
     callbacks = [SetupCallback(resume=resume, now=now, logdir=logdir, ckptdir=paths.ckptdir, cfgdir=paths.cfgdir,
-                               config=config, lightning_config=lightning_cfg),
+                               config=config, lightning_config=lightning_cfg, command=getattr(opt, "command", None)),
                  *([checkpoint, CheckpointOnSignal()] if checkpoint is not None else []), stats,
                  *configured_callbacks(lightning_cfg).values(), *extra_callbacks]
     if trainer_cfg.get("enable_progress_bar", True):
@@ -228,6 +235,10 @@ def run(opt: Namespace, built: dict[str, Any]) -> int:
             trainer.test(built["model"], built["data"])
     finally:
         restore_env(previous_env)
+        if opt.train and rank_zero_only.rank == 0:
+            from ldm.trainer.plots import plot_run_safely
+
+            plot_run_safely(paths.logdir)  # <logdir>/plots/*.png from metrics.csv; a failure is only a warning
         hint = finish_wandb(list(trainer.loggers)) if rank_zero_only.rank == 0 else None
         if opt.debug and built["resume"] is None and rank_zero_only.rank == 0 and os.path.isdir(logdir):
             logdir = move_to_debug_runs(logdir)
@@ -241,11 +252,24 @@ def run(opt: Namespace, built: dict[str, Any]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: returns 0 on success, 2 for config / usage errors, 1 for other errors before training."""
+    from ldm.trainer.logging_setup import setup_logging, teardown_logging
+
+    setup_logging()  # INFO to the console; SetupCallback opens <logdir>/log.txt
+    try:
+        return _main(argv)
+    finally:
+        teardown_logging()
+
+
+def _main(argv: list[str] | None) -> int:
+    from ldm.trainer.hparams import command_line
+
     try:
         opt, dotlist = parse_args(argv)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    opt.command = command_line(argv, program="main.py")  # logged with the hyperparameters
     if opt.allow_target:  # through the environment, so DDP ranks started later see it too
         os.environ[ALLOW_ENV] = ",".join(filter(None, [os.environ.get(ALLOW_ENV, ""), *opt.allow_target]))
     try:

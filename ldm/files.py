@@ -67,6 +67,18 @@ def _current_umask() -> int:
     return mask
 
 
+def staging_dir(target: str) -> str:
+    """A new hidden folder next to `target` to build it in before renaming it to `target`; it gets the mode
+    `os.makedirs` would give (mkdtemp's 0700 would otherwise stay on the renamed folder)."""
+    import tempfile
+
+    parent = os.path.dirname(os.path.abspath(target))
+    os.makedirs(parent, exist_ok=True)
+    path = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=parent)
+    os.chmod(path, 0o777 & ~_current_umask())
+    return path
+
+
 def _target_mode(path: str) -> int:
     """Permission bits for the new file: those of the file it replaces, else what `open(path, "w")` would give."""
     try:

@@ -109,4 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    from ldm.trainer.logging_setup import setup_logging
+
+    setup_logging(rank=0, info_to_stdout=False, logfile=False)  # INFO such as "loaded ... from <ckpt>" on stderr
     main()

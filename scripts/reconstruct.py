@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Reconstruct held-out images with a trained first-stage model: a grid (inputs over reconstructions) and metrics.
 
-Metrics: L1 and PSNR; on the shapes data also the shapes checker's accuracy on the reconstructions (how much of
-each caption's colour, shape, size and position survives the autoencoder: the ceiling for a stage-2 model on it).
+Metrics: L1, PSNR, SSIM and LPIPS (when the VGG16 weights are in the torch hub cache or can be downloaded;
+otherwise `lpips_unavailable` says why), through ldm.eval.metrics (torchmetrics); on the shapes data also the
+shapes checker's accuracy on the reconstructions (how much of each caption's colour, shape, size and position
+survives the autoencoder: the ceiling for a stage-2 model on it).
 
     python scripts/reconstruct.py -r logs/<run> [--n 8] [--out logs/<run>/reconstructions.png]
 
@@ -23,6 +25,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from ldm.eval.samples import reconstruct  # noqa: E402
 from ldm.inference import cli  # noqa: E402
 
 
@@ -34,14 +37,6 @@ def grid_image(rows: list[torch.Tensor]) -> Image.Image:
     return Image.fromarray(array)
 
 
-@torch.no_grad()
-def reconstruct(model, x: torch.Tensor) -> torch.Tensor:
-    """Deterministic reconstruction: the posterior mode for KL models, the quantized code for VQ models."""
-    if hasattr(model, "quantize"):
-        return model(x)[0]
-    return model(x, sample_posterior=False)[0]
-
-
 def background_error(x: torch.Tensor, rec: torch.Tensor) -> float:
     """Mean over images of the largest per-channel difference (0-255 levels) between the background colours of the
     inputs and of their reconstructions (the checker's background: the median of the border ring)."""
@@ -50,6 +45,23 @@ def background_error(x: torch.Tensor, rec: torch.Tensor) -> float:
     errors = [float(abs(background_color(a) - background_color(b)).max()) * 255.0
               for a, b in zip(x.cpu(), rec.clamp(-1, 1).cpu())]
     return sum(errors) / len(errors)
+
+
+def image_metrics(x: torch.Tensor, rec: torch.Tensor, device: torch.device) -> dict:
+    """psnr_db (mean over images), ssim and lpips, or lpips_unavailable with the reason (no VGG16 weights)."""
+    from ldm.eval.metrics import lpips_model, reconstruction_metrics
+    from ldm.modules.losses.lpips import MissingPerceptualWeightsError
+
+    found: dict = {}
+    try:
+        net = lpips_model().to(device)
+    except MissingPerceptualWeightsError as err:
+        net, found["lpips_unavailable"] = None, str(err).splitlines()[0]
+    values = reconstruction_metrics(x, rec.clamp(-1, 1), lpips_net=net)
+    found = {"psnr_db": round(values["psnr"], 2), "ssim": round(values["ssim"], 4), **found}
+    if "lpips" in values:
+        found["lpips"] = round(values["lpips"], 4)
+    return found
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -85,12 +97,10 @@ def main(argv: list[str] | None = None) -> dict:
     model = load_inference_model(config, ckpt, device)
     x = torch.stack([torch.as_tensor(it["image"]) for it in items]).permute(0, 3, 1, 2).float().to(device)
     rec = reconstruct(model, x)
-    mse = (rec.clamp(-1, 1) - x).pow(2).mean(dim=(1, 2, 3))
-    psnr = (10 * torch.log10(4.0 / mse)).mean().item()  # peak-to-peak range of [-1, 1] is 2
     l1 = (rec - x).abs().mean().item()
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     grid_image([x[:args.grid_n], rec[:args.grid_n]]).save(out)
-    metrics = {"images": len(items), "l1": round(l1, 4), "psnr_db": round(psnr, 2), "grid": out}
+    metrics = {"images": len(items), "l1": round(l1, 4), **image_metrics(x, rec, device), "grid": out}
     if all("caption" in it for it in items) and type(dataset).__module__ == "ldm.data.shapes":
         # shapes data: does the checker still read each caption's attributes off the reconstruction?
         from ldm.eval.shapes import accuracy

@@ -17,6 +17,9 @@ import torch  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+TESTS = os.path.join(ROOT, "tests")  # shared test helpers (clip_helpers); importlib mode adds no test folder itself
+if TESTS not in sys.path:
+    sys.path.insert(1, TESTS)
 
 
 @pytest.fixture(autouse=True)

@@ -34,13 +34,16 @@ def script_parser(doc: str | None) -> argparse.ArgumentParser:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """-r/--resume, --config, --ckpt, --ema/--no-ema, --device, --precision."""
+    """-r/--resume, --config, --ckpt, --from-diffusers, --ema/--no-ema, --device, --precision."""
     group = parser.add_argument_group("model")
     group.add_argument("-r", "--resume", metavar="RUN", help="main.py run folder (logs/<run>) or a .ckpt inside its "
                        "checkpoints/ (uses the run's saved configs)")
     group.add_argument("--config", nargs="+", metavar="YAML", help="model config file(s), merged left to right; "
                        "with --ckpt, instead of -r")
     group.add_argument("--ckpt", help="checkpoint to load (with --config; with -r: another checkpoint of the run)")
+    group.add_argument("--from-diffusers", metavar="DIR", default=None,
+                       help="a diffusers folder (model_index.json, unet/, vae/, scheduler/): its config and weights "
+                            "are converted to ours, instead of -r or --config/--ckpt")
     group.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
                        help="sample with the EMA weights (default: when the model has them)")
     group.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1, mps (default: the "
@@ -112,7 +115,7 @@ def resolve_ema(info: ModelInfo, ema: bool | None) -> bool:
 def prepare(args: argparse.Namespace) -> Prepared:
     """Everything checkable without weights: model source, device, precision, EMA, sampler + steps + eta, and that
     --outdir (when the script has one and it is set) can be written to."""
-    source = resolve_source(args.resume, args.config, args.ckpt)
+    source = resolve_source(args.resume, args.config, args.ckpt, getattr(args, "from_diffusers", None))
     info = describe_model(source.config)
     device = check_device(args.device)
     dtype = autocast_dtype(args.precision, device)
@@ -190,6 +193,9 @@ def report(outputs: Outputs) -> None:
 
 def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
     """Call a script's `main(argv)`; bad input prints `error: ...` and returns 2, an unreadable checkpoint 1."""
+    from ldm.trainer.logging_setup import setup_logging, teardown_logging
+
+    setup_logging(rank=0, info_to_stdout=False, logfile=False)  # INFO such as "Restored from ..." on stderr
     try:
         main(argv)
     except (UsageError, ConfigError) as err:
@@ -198,4 +204,6 @@ def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | No
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    finally:
+        teardown_logging()
     return 0

@@ -1,4 +1,5 @@
-"""Small Lightning callbacks of the CompVis CLI: run-folder setup and config saving, batch limit, CUDA stats."""
+"""Small Lightning callbacks of the CompVis CLI: run-folder setup (configs, log.txt, hyperparameters to the loggers),
+batch limit, CUDA stats."""
 
 from __future__ import annotations
 
@@ -33,13 +34,16 @@ def save_run_configs(cfgdir: str, now: str, config: DictConfig, lightning_config
 
 
 class SetupCallback(Callback):
-    """Creates the run folders and saves the merged configs when fitting (or testing) starts; rank 0 only.
+    """Creates the run folders, saves the merged configs, opens `log.txt` (when main.py set up logging) and logs
+    the run's hyperparameters (`ldm.trainer.hparams`) to every logger when fitting (or testing) starts; rank 0 only.
 
-    Accepts the CompVis constructor arguments (`resume, now, logdir, ckptdir, cfgdir, config, lightning_config`).
+    Accepts the CompVis constructor arguments (`resume, now, logdir, ckptdir, cfgdir, config, lightning_config`);
+    `command` is the command line recorded with the hyperparameters.
     """
 
     def __init__(self, resume: Any, now: str, logdir: str, ckptdir: str | None = None, cfgdir: str | None = None,
-                 config: DictConfig | None = None, lightning_config: DictConfig | None = None):
+                 config: DictConfig | None = None, lightning_config: DictConfig | None = None,
+                 command: str | None = None):
         super().__init__()
         self.resume = resume
         self.now = now
@@ -49,17 +53,24 @@ class SetupCallback(Callback):
         self.cfgdir = cfgdir or self.paths.cfgdir
         self.config = config if config is not None else OmegaConf.create()
         self.lightning_config = lightning_config
+        self.command = command
         self.saved: list[str] = []
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Make the run folders and save the configs (once, rank 0)."""
+        """Make the run folders, save the configs, open log.txt, log the hyperparameters (once, rank 0)."""
+        from ldm.trainer.hparams import log_hyperparameters, run_hyperparameters
+        from ldm.trainer.logging_setup import attach_logfile
+
         if not trainer.is_global_zero or self.saved:
             return
         self.paths.make()
         os.makedirs(self.ckptdir, exist_ok=True)
+        attach_logfile(self.logdir)
         self.saved = save_run_configs(self.cfgdir, self.now, self.config, self.lightning_config)
         rank_zero_info(f"run folder: {self.logdir}\nproject config:\n{OmegaConf.to_yaml(project_config(self.config))}"
                        f"lightning config:\n{OmegaConf.to_yaml(self.lightning_config or {})}")
+        log_hyperparameters(trainer.loggers, run_hyperparameters(self.config, pl_module, trainer.datamodule,
+                                                                 self.command))
 
 
 class BatchLimit(Callback):

@@ -1,4 +1,5 @@
-"""ImageLogger: calls `model.log_images` every N training batches and writes PNG grids plus logger images."""
+"""ImageLogger: calls `model.log_images` every N training batches and writes PNG grids plus logger images (wandb:
+`wandb.Image` with the items' captions; TensorBoard: images)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,29 @@ def image_grid(images: torch.Tensor, clamp: bool = True, rescale: bool = True, n
         grid = (grid + 1.0) / 2.0
     grid = grid.clamp(0.0, 1.0).permute(1, 2, 0).numpy()
     return (grid * 255.0).round().astype(np.uint8)
+
+
+def batch_captions(batch: Any, key: str | None = None) -> list[str]:
+    """Per-item text of a batch for image captions: `batch[key]` (the model's cond_stage_key) or `caption` when a
+    list of strings, else `class_label` as "class N"; empty when the batch has none."""
+    if not isinstance(batch, dict):
+        return []
+    for name in (key, "caption"):
+        value = batch.get(name) if name else None
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+            return list(value)
+    labels = batch.get("class_label")
+    if isinstance(labels, torch.Tensor) and labels.ndim == 1:
+        return [f"class {int(v)}" for v in labels.tolist()]
+    return []
+
+
+def grid_caption(tag: str, step: int, n_images: int, captions: list[str]) -> str:
+    """`<tag> at batch <step>`, plus the items' captions in grid order when the grid shows one image per item."""
+    title = f"{tag} at batch {step}"
+    if captions and n_images <= len(captions) and (n_images > 1 or len(captions) == 1):
+        return title + ": " + "; ".join(f"{i + 1}) {c}" for i, c in enumerate(captions[:n_images]))
+    return title
 
 
 def image_filename(key: str, step: int, epoch: int, batch_idx: int) -> str:
@@ -108,27 +132,30 @@ class ImageLogger(Callback):
         folder = os.path.join(trainer.default_root_dir, "images", split)
         os.makedirs(folder, exist_ok=True)
         written: dict[str, str] = {}
+        captions = batch_captions(batch, getattr(pl_module, "cond_stage_key", None))
         for key, value in images.items():
             if not isinstance(value, torch.Tensor) or value.ndim != 4:
                 if key not in self._warned:
                     self._warned.add(key)
                     rank_zero_warn(f"ImageLogger: log_images()['{key}'] is not a B,C,H,W tensor; not logged")
                 continue
-            grid = image_grid(value[: self.max_images], clamp=self.clamp, rescale=self.rescale)
+            shown = value[: self.max_images]
+            grid = image_grid(shown, clamp=self.clamp, rescale=self.rescale)
             path = os.path.join(folder, image_filename(key, step, trainer.current_epoch, batch_idx))
             from PIL import Image
 
             Image.fromarray(grid).save(path)
             written[key] = path
-            self._to_loggers(trainer, f"{split}/{key}", grid, step)
+            tag = f"{split}/{key}"
+            self._to_loggers(trainer, tag, grid, step, grid_caption(tag, step, shown.shape[0], captions))
         return written
 
     @staticmethod
-    def _to_loggers(trainer: pl.Trainer, tag: str, grid: np.ndarray, step: int) -> None:
-        """Send the grid to wandb / TensorBoard loggers (CSV has no images)."""
+    def _to_loggers(trainer: pl.Trainer, tag: str, grid: np.ndarray, step: int, caption: str | None = None) -> None:
+        """Send the grid to wandb (a `wandb.Image` with `caption`) / TensorBoard loggers (CSV has no images)."""
         for logger in trainer.loggers:
             name = type(logger).__name__
             if name == "WandbLogger":
-                logger.log_image(key=tag, images=[grid], step=step)
+                logger.log_image(key=tag, images=[grid], step=step, caption=[caption or tag])
             elif name == "TensorBoardLogger":
                 logger.experiment.add_image(tag, grid, global_step=step, dataformats="HWC")

@@ -99,6 +99,18 @@ def _wandb_id(name: str) -> str:
     return re.sub(r"[/\\#?%:]", "-", name)[:128]
 
 
+def run_group(name: str) -> str | None:
+    """The run folder name without its timestamp (`-n` name or config name + postfix): the wandb group, so runs of
+    one config are shown together; None when nothing is left."""
+    from ldm.trainer.logdir import TIME_FORMAT
+
+    stamp = re.escape(TIME_FORMAT).replace("%Y", r"\d{4}")
+    for field in ("%m", "%d", "%H", "%M", "%S"):
+        stamp = stamp.replace(field, r"\d{2}")
+    group = re.sub(rf"^{stamp}_?", "", name)
+    return group or None
+
+
 def wandb_mode(debug: bool = False) -> str:
     """'online', 'offline' or 'disabled', from WANDB_MODE, `-d`, and whether credentials exist."""
     mode = os.environ.get("WANDB_MODE", "").lower()
@@ -110,13 +122,14 @@ def wandb_mode(debug: bool = False) -> str:
 
 
 def make_wandb_logger(logdir: str, name: str, project: str | None, offline: bool, **params: Any) -> Logger:
-    """WandbLogger writing into `<logdir>/wandb/`, run id = run folder name (so `-r` continues the same run)."""
+    """WandbLogger writing into `<logdir>/wandb/`, run id and name = run folder name (so `-r` continues the same
+    run), group = `run_group(name)`; `params` (lightning.logger.params) override these."""
     from pytorch_lightning.loggers import WandbLogger
 
     if importlib.util.find_spec("wandb") is None:
         raise ConfigError("lightning.logger: wandb is not installed (pip install wandb), or use --logger csv")
     os.environ.setdefault("WANDB_INIT_TIMEOUT", WANDB_INIT_TIMEOUT_S)
-    kwargs: dict[str, Any] = dict(name=name, save_dir=logdir, id=_wandb_id(name),
+    kwargs: dict[str, Any] = dict(name=name, group=run_group(name), save_dir=logdir, id=_wandb_id(name),
                                   project=project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
                                   offline=offline)
     kwargs.update(params)

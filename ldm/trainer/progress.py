@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -11,6 +12,8 @@ import torch
 from pytorch_lightning.callbacks import Callback, TQDMProgressBar
 
 from ldm.util import batches_seen
+
+log = logging.getLogger(__name__)
 
 # Smoothing of the images/s estimate: exponential moving average over roughly 1 / (1 - decay) batches.
 THROUGHPUT_EMA_DECAY = 0.9
@@ -99,7 +102,7 @@ class TrainingStats(Callback):
         """Report skipped files once training is over."""
         self._read_skipped(trainer)
         if trainer.is_global_zero and self.skipped_files:
-            print(f"data: {self.skipped_files} unreadable files were skipped during training")
+            log.warning("data: %d unreadable files were skipped during training", self.skipped_files)
 
 
 class ThroughputProgressBar(TQDMProgressBar):

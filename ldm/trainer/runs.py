@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -16,20 +17,42 @@ INFERENCE_LOSS = {"target": "torch.nn.Identity"}
 
 
 def run_config(path: str) -> tuple[DictConfig, str]:
-    """(merged config, checkpoint path) of a run folder or of a `.ckpt` inside one."""
-    info = resolve_resume(path)
+    """(merged config, checkpoint path) of a run folder or of a `.ckpt` inside one, or of a folder in the original
+    layout (config.yaml + model.ckpt)."""
+    info = resolve_resume(path, inference=True)
     return load_configs(info.configs), info.ckpt
 
 
-def inference_model_config(model_cfg: DictConfig) -> DictConfig:
-    """A model config for inference: no training losses (no LPIPS/discriminator), weights come from the run's ckpt."""
-    cfg = OmegaConf.create(OmegaConf.to_container(model_cfg, resolve=True))
-    params = cfg.get("params", {})
+def run_logdir(ckpt: str) -> str:
+    """The folder a run's checkpoint belongs to: <logdir> of <logdir>/checkpoints/x.ckpt, or the folder of an
+    original-layout model.ckpt (next to its config.yaml)."""
+    folder = os.path.dirname(os.path.abspath(ckpt))
+    return folder if os.path.basename(folder) != "checkpoints" else os.path.dirname(folder)
+
+
+# Sub-models whose configs may carry their own training loss (CompVis first stages name LPIPSWithDiscriminator or
+# DummyLoss there); the inference rewrite reaches into these.
+NESTED_MODEL_CONFIGS = ("first_stage_config", "cond_stage_config")
+
+
+def _drop_loss(params: DictConfig) -> None:
     if "lossconfig" in params:
         params.lossconfig = INFERENCE_LOSS
+
+
+def inference_model_config(model_cfg: DictConfig) -> DictConfig:
+    """A model config for inference: no training losses (no LPIPS/discriminator) at the top level or in the first /
+    cond stage configs, and the weights come from the run's ckpt (no ckpt_path)."""
+    cfg = OmegaConf.create(OmegaConf.to_container(model_cfg, resolve=True))
+    params = cfg.get("params", {})
+    _drop_loss(params)
     for key in ("ckpt_path",):
         if key in params:
             params[key] = None
+    for name in NESTED_MODEL_CONFIGS:
+        nested = params.get(name)
+        if isinstance(nested, DictConfig) and isinstance(nested.get("params"), DictConfig):
+            _drop_loss(nested.params)
     first_stage = params.get("first_stage_config")
     if isinstance(first_stage, DictConfig) and "params" in first_stage:
         first_stage.params.ckpt_path = None  # the run's checkpoint already holds first_stage_model.*

@@ -83,3 +83,39 @@ def test_unreachable_wandb_falls_back_to_offline(tmp_path, monkeypatch, no_crede
 
 def test_wandb_id_is_sanitised():
     assert L._wandb_id("2024-01-01T00-00-00_a/b:c") == "2024-01-01T00-00-00_a-b-c"
+
+
+# ------------------------------------------------------------------------------------ run name, group, images
+def test_wandb_run_name_and_group_come_from_the_run_folder(tmp_path, no_credentials):
+    assert L.run_group("2026-12-06T20-40-05_autoencoder_kl_f4") == "autoencoder_kl_f4"
+    assert L.run_group("2026-12-06T20-40-05_my_run_v2") == "my_run_v2"  # -n my_run, --postfix _v2
+    assert L.run_group("2026-12-06T20-40-05") is None and L.run_group("plain") == "plain"
+    logger = L.build_loggers(None, str(tmp_path), "2026-12-06T20-40-05_cin")[0]
+    assert logger._wandb_init["name"] == "2026-12-06T20-40-05_cin" and logger._wandb_init["group"] == "cin"
+    spec = OmegaConf.create({"target": "pytorch_lightning.loggers.WandbLogger", "params": {"group": "sweep-3"}})
+    assert L.build_loggers(spec, str(tmp_path), "2026-12-06T20-40-05_cin")[0]._wandb_init["group"] == "sweep-3"
+
+
+def test_image_grids_reach_wandb_as_images_with_their_captions(tmp_path, no_credentials, monkeypatch):
+    import torch
+    import wandb
+
+    from ldm.trainer.image_logger import ImageLogger, batch_captions
+    from trainer_dummies import TinyModel
+    from trainer_helpers import tiny_trainer
+
+    logged = []
+    monkeypatch.setattr(WandbLogger, "log_metrics", lambda self, metrics, step=None: logged.append((metrics, step)))
+    wandb_logger = L.make_wandb_logger(str(tmp_path), "run", "p", offline=True)
+    trainer = tiny_trainer(tmp_path, logger=[wandb_logger])
+    model = TinyModel()
+    batch = {"image": torch.zeros(3, 8, 8, 3), "caption": ["a red circle", "a blue square", "a green star"]}
+    written = ImageLogger(max_images=2).log_img(trainer, model, batch, 0, split="val")
+    assert set(written) == {"inputs", "reconstructions"}
+    images = {key: value[0] for metrics, _ in logged for key, value in metrics.items()}
+    assert set(images) == {"val/inputs", "val/reconstructions"}
+    for key, image in images.items():
+        assert isinstance(image, wandb.Image)
+        assert image._caption == f"{key} at batch 0: 1) a red circle; 2) a blue square"  # the 2 shown, grid order
+    assert batch_captions({"class_label": torch.tensor([3, 1])}) == ["class 3", "class 1"]
+    assert batch_captions({"txt": ["x"], "caption": ["y"]}, key="txt") == ["x"]

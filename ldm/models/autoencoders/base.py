@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from ldm.checkpoint import CheckpointError, load_state_dict
+from ldm.checkpoint import CheckpointError
 from ldm.optim import adam
 from ldm.util import batches_seen, instantiate_from_config
 
@@ -77,8 +77,11 @@ class AdversarialAutoencoder(pl.LightningModule):
             yield logvar
 
     def init_from_ckpt(self, path: str, ignore_keys: Iterable[str] = ()) -> None:
-        """Load weights from a CompVis/our checkpoint (Lightning dict or bare state_dict, with or without `loss.*`)."""
-        state = load_state_dict(path)
+        """Load weights from a CompVis/our checkpoint (Lightning dict or bare state_dict, with or without `loss.*`),
+        or a diffusers VAE / pipeline folder (converted by `ldm.interop.diffusers`)."""
+        from ldm.interop.diffusers import read_checkpoint  # imported here: interop sits above the models
+
+        state = read_checkpoint(path, parts=("vae",))
         state = _strip_known_prefix(state, self.state_dict().keys())
         ignore = tuple(ignore_keys)
         state = {k: v for k, v in state.items() if not (ignore and k.startswith(ignore))}

@@ -25,6 +25,7 @@ from ldm.diffusion.schedule import (COSINE_S, LINEAR_END, LINEAR_START, NUM_TIME
                                     register_schedule)
 from ldm.models.diffusion import image_logging
 from ldm.models.diffusion.conditioning import ConditioningDropout, dropout_rates, image_from_batch
+from ldm.models.diffusion.legacy_sampling import LegacyDDPMSampling
 from ldm.models.diffusion.restore import LoadReport, restore_weights
 from ldm.models.diffusion.wrapper import DiffusionWrapper, ema_parameters, make_model_fn, wrapper_kwargs
 from ldm.modules.ema import LitEma, ema_scope
@@ -39,7 +40,7 @@ ADAMW_WEIGHT_DECAY = 0.01
 DENOISE_ROW_FRAMES = 8
 
 
-class DDPM(pl.LightningModule):
+class DDPM(LegacyDDPMSampling, pl.LightningModule):
     """Denoising diffusion (Ho et al. 2020) with the CompVis `DDPM` constructor, state_dict and logged metrics.
 
     state_dict: `model.diffusion_model.*` (the UNet), `model_ema.*` (LitEma over `self.model`), the 12 schedule
@@ -166,10 +167,11 @@ class DDPM(pl.LightningModule):
     def init_from_ckpt(self, path: str, ignore_keys: Any = (), only_model: bool = False) -> LoadReport:
         """Load a CompVis / our checkpoint non-strictly (keys with an `ignore_keys` prefix dropped) and report keys.
 
-        An EMA missing from the checkpoint restarts from the loaded weights instead of keeping random shadows.
+        An EMA missing from the checkpoint restarts from the loaded weights instead of keeping random shadows; a
+        model without EMA (use_ema: false) ignores the checkpoint's `model_ema.*` (e.g. SD v1 full-EMA files).
         """
-        report = restore_weights(self, path, ignore_keys=list(ignore_keys or ()), only_model=only_model,
-                                 fit=self.make_it_fit)
+        ignore = list(ignore_keys or ()) + ([] if self.use_ema else ["model_ema."])
+        report = restore_weights(self, path, ignore_keys=ignore, only_model=only_model, fit=self.make_it_fit)
         if not only_model and self.use_ema and any(k.startswith("model_ema.") for k in report.missing):
             log.info("checkpoint %s has no (complete) EMA: the EMA restarts from its weights", path)
             self.model_ema = LitEma(self.model)

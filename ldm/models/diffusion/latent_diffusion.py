@@ -19,6 +19,7 @@ from ldm.models.diffusion.conditioning import (ConditioningDropout, dropout_rate
                                                instantiate_cond_stage, raw_conditioning)
 from ldm.models.diffusion.first_stage import (instantiate_first_stage, latent_channel_stats, latent_from_posterior,
                                               latent_std)
+from ldm.models.diffusion.legacy_sampling import LegacyLatentSampling
 from ldm.util import ConfigError, batches_seen
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 LATENT_STATS = ("global", "per_channel")  # how scale_by_std normalises the first stage's latents
 
 
-class LatentDiffusion(DDPM):
+class LatentDiffusion(LegacyLatentSampling, DDPM):
     """Latent diffusion with the original arguments; everything else is forwarded to `DDPM`.
 
     `conditioning_key` None means 'concat' when `concat_mode` else 'crossattn', and None for an unconditional

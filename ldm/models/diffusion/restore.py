@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ldm.checkpoint import CheckpointError, load_state_dict
+from ldm.checkpoint import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +94,22 @@ def make_it_fit(state: dict[str, torch.Tensor], module: nn.Module) -> tuple[dict
     return out, refit
 
 
+def _read_weights(path: str) -> dict[str, torch.Tensor]:
+    """`load_state_dict`, or a diffusers folder converted to our names (`ldm.interop.diffusers`)."""
+    from ldm.interop.diffusers import read_checkpoint  # imported here: interop sits above the models
+
+    return read_checkpoint(path)
+
+
 def restore_weights(module: nn.Module, path: str, ignore_keys: Iterable[str] = (), only_model: bool = False,
                     fit: bool = False) -> LoadReport:
     """Load a checkpoint into `module` (or only `module.model` with `only_model`), non-strict, and report keys.
 
-    Shape mismatches are an error naming the keys (unless `fit` reshapes them). With `only_model`, keys of a full
+    `path` may also be a diffusers folder (model_index.json, unet/, vae/), converted on the fly. Shape mismatches
+    are an error naming the keys (unless `fit` reshapes them). With `only_model`, keys of a full
     checkpoint (`model.diffusion_model.*`) are accepted as well as wrapper-relative ones (`diffusion_model.*`).
     """
-    state = load_state_dict(path)
+    state = _read_weights(path)
     state, ignored = drop_ignored(state, ignore_keys)
     target = module.model if only_model else module
     if only_model and any(k.startswith("model.") for k in state):

@@ -3,6 +3,8 @@
 The diffusion maths (beta schedules, `extract_into_tensor`, ...) lives in `ldm.diffusion.schedule`. For CompVis code
 that imported those names from here, they are forwarded lazily by the module-level `__getattr__` at the bottom, so
 importing this module never imports `ldm.diffusion` (networks sit below the diffusion maths in the layer order).
+The original samplers' helpers `make_ddim_timesteps`, `make_ddim_sampling_parameters` and `noise_like` are here too,
+importing our one timestep rule (`make_timesteps`) and DDIM sigma (`ddim_sigmas`) when called.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
@@ -154,6 +157,51 @@ def checkpoint(func: Callable[..., Any], inputs: Sequence[Any], params: Iterable
     if flag and torch.is_grad_enabled():
         return torch.utils.checkpoint.checkpoint(func, *inputs, use_reentrant=False)
     return func(*inputs)
+
+
+def make_ddim_timesteps(ddim_discr_method: str, num_ddim_timesteps: int, num_ddpm_timesteps: int,
+                        verbose: bool = True) -> np.ndarray:
+    """Ascending DDPM indices of a DDIM run, "uniform" or "quad" with the original +1 offset (original helper; the
+    rule itself is `ldm.diffusion.samplers.make_timesteps`)."""
+    # imported here, not at the top: networks sit below the diffusion maths in the layer order
+    from ldm.diffusion.samplers.base import make_timesteps
+
+    if ddim_discr_method not in ("uniform", "quad"):
+        raise NotImplementedError(f"There is no ddim discretization method called \"{ddim_discr_method}\" "
+                                  "(expected uniform or quad)")
+    steps = np.asarray(make_timesteps(ddim_discr_method, int(num_ddim_timesteps), int(num_ddpm_timesteps)))
+    if verbose:
+        print(f"Selected timesteps for ddim sampler: {steps}")
+    return steps
+
+
+def make_ddim_sampling_parameters(alphacums: Any, ddim_timesteps: Any, eta: float,
+                                  verbose: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sigmas, alphas, alphas_prev) of a DDIM run: abar at each index, abar of the previous index (abar[0] for the
+    first, as the original), and sigma from `ldm.diffusion.samplers.ddim.ddim_sigmas` (Song et al. 2021, eq. 16).
+    float64 tensors."""
+    from ldm.diffusion.samplers.ddim import ddim_sigmas
+
+    abar = torch.as_tensor(np.asarray(alphacums), dtype=torch.float64).flatten()
+    idx = torch.as_tensor(np.asarray(ddim_timesteps), dtype=torch.long).flatten()
+    if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= abar.numel():
+        raise ValueError(f"ddim_timesteps must be indices into alphacums (length {abar.numel()}), got "
+                         f"{idx.tolist()}")
+    alphas = abar[idx]
+    alphas_prev = torch.cat([abar[:1], alphas[:-1]])
+    sigmas = ddim_sigmas(alphas, alphas_prev, float(eta))
+    if verbose:
+        print(f"Selected alphas for ddim sampler: a_t: {alphas}; a_(t-1): {alphas_prev}")
+        print(f"For the chosen value of eta, which is {eta}, this results in the following sigma_t schedule for ddim "
+              f"sampler {sigmas}")
+    return sigmas, alphas, alphas_prev
+
+
+def noise_like(shape: Sequence[int], device: Any, repeat: bool = False) -> torch.Tensor:
+    """Standard normal noise of `shape` on `device`; `repeat` draws one sample and repeats it along dim 0 (original)."""
+    if repeat:
+        return torch.randn((1, *shape[1:]), device=device).repeat(shape[0], *((1,) * (len(shape) - 1)))
+    return torch.randn(tuple(shape), device=device)
 
 
 # CompVis kept the diffusion maths in this module; forward those names to their home without an import-time dependency.

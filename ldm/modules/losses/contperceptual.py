@@ -92,3 +92,13 @@ class LPIPSWithDiscriminator(AdversarialLoss):
             **adversarial_log,
         }
         return loss, log
+
+
+def __getattr__(name: str) -> Any:
+    """`contperceptual.DummyLoss` (named by the original inpainting_big config): the package's DummyLoss, the same
+    object, looked up lazily because the package imports this module first."""
+    if name == "DummyLoss":
+        from ldm.modules.losses import DummyLoss
+
+        return DummyLoss
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,8 +1,9 @@
 """LPIPS-VGG perceptual distance (Zhang et al. 2018) built from the `lpips` package, frozen, with an offline-safe trunk.
 
-The VGG16 trunk needs torchvision's ImageNet weights (`vgg16-397923af.pth`), which this code never downloads: it reads
-them from a local file, or, only when the config says `perceptual_random_trunk: true`, uses a random trunk and warns
-that the result is not a calibrated metric. The calibrated linear heads ship inside the `lpips` package.
+The VGG16 trunk needs torchvision's ImageNet weights (`vgg16-397923af.pth`): read from a local file or the torch hub
+cache (downloaded there, hash-checked, when online: `ldm.weights`; never offline, HF_HUB_OFFLINE=1), or, only when
+the config says `perceptual_random_trunk: true`, a random trunk is used with a warning that the result is not a
+calibrated metric. The calibrated linear heads ship inside the `lpips` package.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ldm.util import ConfigError
 log = logging.getLogger(__name__)
 
 VGG16_FILENAME = "vgg16-397923af.pth"  # torchvision's ImageNet VGG16 weights, the trunk LPIPS was calibrated on
+VGG16_URL = f"https://download.pytorch.org/models/{VGG16_FILENAME}"  # torchvision's VGG16_Weights.IMAGENET1K_V1
 RANDOM_TRUNK_KEY = "perceptual_random_trunk"  # loss param that allows the uncalibrated random trunk
 VGG_PATH_KEY = "perceptual_vgg_path"  # loss param naming an explicit local copy of VGG16_FILENAME
 RANDOM_TRUNK_SEED = 0  # the random trunk is a fixed function, so runs (and their loss values) stay comparable
@@ -42,10 +44,17 @@ def resolve_vgg_path(vgg_path: str | None = None) -> str:
     path = os.path.expanduser(vgg_path) if vgg_path else default_vgg_path()
     if os.path.isfile(path):
         return path
+    why = "it is not downloaded for an explicit path"
+    if not vgg_path:  # online: the same hash-checked download into the torch hub cache torchvision does
+        from ldm.weights import try_download
+
+        downloaded, why = try_download(VGG16_URL, VGG16_FILENAME)
+        if downloaded:
+            return downloaded
     where = f"the file given by `{VGG_PATH_KEY}` ({path})" if vgg_path else path
     raise MissingPerceptualWeightsError(
         f"LPIPS needs torchvision's ImageNet VGG16 weights '{VGG16_FILENAME}' (528 MB), but {where} does not exist and "
-        f"nothing is downloaded at run time. Fix it in one of these ways (lossconfig.params of the model config):\n"
+        f"{why}. Fix it in one of these ways (lossconfig.params of the model config):\n"
         f"  1. copy '{VGG16_FILENAME}' to {default_vgg_path()} (i.e. $TORCH_HOME/hub/checkpoints/), or set "
         f"`{VGG_PATH_KEY}: /path/to/{VGG16_FILENAME}`;\n"
         f"  2. set `{RANDOM_TRUNK_KEY}: true` to train with a RANDOM VGG trunk (runs offline, but the perceptual loss "

@@ -7,6 +7,8 @@ import torch
 from ldm.modules.encoders.modules import FrozenCLIPEmbedder, FrozenHFTextEncoder, PretrainedNotAvailableError
 from ldm.modules.encoders.pretrained import check_vocab, looks_like_path
 
+from clip_helpers import save_tiny_clip  # noqa: E402  (tests/ is on the path)
+
 
 @pytest.fixture(scope="module")
 def minilm():
@@ -55,34 +57,11 @@ def test_clip_offline_error_names_the_model_and_the_fix():
         FrozenCLIPEmbedder(version="/no/such/clip")
 
 
-def bytes_to_unicode_chars():
-    """The 256 printable stand-ins for bytes used by CLIP's byte-level BPE."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-    codes, extra = keep[:], 0
-    for b in range(256):
-        if b not in keep:
-            codes.append(256 + extra)
-            extra += 1
-    return [chr(c) for c in codes]
-
-
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    """A randomly initialised 2-layer CLIPTextModel and a 518-token BPE tokenizer saved to a folder."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    chars = bytes_to_unicode_chars()
-    vocab = {c: i for i, c in enumerate(chars + [c + "</w>" for c in chars] + ["re", "red</w>"])}
-    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[("r", "e"), ("re", "d</w>")])
+    """A randomly initialised 2-layer CLIPTextModel and its BPE tokenizer saved to a folder: (folder, vocab size)."""
     folder = tmp_path_factory.mktemp("tiny_clip")
-    tokenizer.save_pretrained(folder)
-    config = CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                            num_attention_heads=2, max_position_embeddings=77, bos_token_id=len(vocab) - 2,
-                            eos_token_id=len(vocab) - 1, pad_token_id=len(vocab) - 1)
-    torch.manual_seed(0)
-    CLIPTextModel(config).save_pretrained(folder)
-    return str(folder), len(vocab)
+    return str(folder), save_tiny_clip(folder)
 
 
 def test_tiny_clip_success_path(tiny_clip):

@@ -1,0 +1,1 @@
+"""Exporting models to other code bases: CompVis-style checkpoints and configs, diffusers pipelines."""
