@@ -2,7 +2,8 @@
 
 Online users get what torchvision and torch-fidelity do: the file is downloaded once into
 `<torch.hub.get_dir()>/checkpoints/` ($TORCH_HOME/hub/checkpoints, default ~/.cache/torch/hub/checkpoints) and its
-SHA-256 is checked against the prefix in its name. Offline (HF_HUB_OFFLINE=1 / TRANSFORMERS_OFFLINE=1, or a download
+SHA-256 is checked against the prefix in its name (torch.hub's `<name>-<sha256 prefix>.<ext>` convention, which
+torchvision's files follow; a caller whose file name does not follow it passes check_hash=False). Offline (HF_HUB_OFFLINE=1 / TRANSFORMERS_OFFLINE=1, or a download
 that fails) nothing is fetched and the caller's error names the file, where to put it and the flag for a local
 path. Files are only downloaded here; they are read through `ldm.checkpoint` (weights_only).
 """
@@ -35,15 +36,16 @@ def hub_checkpoint_path(filename: str) -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints", filename)
 
 
-def try_download(url: str, filename: str) -> tuple[str | None, str]:
-    """(path, "") after downloading `url` into the hub cache as `filename` (hash-checked when the name carries a hash
-    prefix), or (None, why) when offline or the download fails. An existing file is returned as it is."""
+def try_download(url: str, filename: str, check_hash: bool = True) -> tuple[str | None, str]:
+    """(path, "") after downloading `url` into the hub cache as `filename` (with `check_hash`, its SHA-256 checked
+    against the prefix the name carries), or (None, why) when offline or the download fails. An existing file is
+    returned as it is."""
     path = hub_checkpoint_path(filename)
     if os.path.isfile(path):
         return path, ""
     if not downloads_allowed():
         return None, "downloads are off (HF_HUB_OFFLINE=1)"
-    match = _HASH_IN_NAME.search(filename)
+    match = _HASH_IN_NAME.search(filename) if check_hash else None
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         # download_url_to_file writes a temporary file and renames it, so a broken download leaves nothing behind
@@ -54,7 +56,8 @@ def try_download(url: str, filename: str) -> tuple[str | None, str]:
     return path, ""
 
 
-def fetch_weights(url: str, filename: str, what: str, how_to_set: str, path: str | None = None) -> str:
+def fetch_weights(url: str, filename: str, what: str, how_to_set: str, path: str | None = None,
+                  check_hash: bool = True) -> str:
     """The local file of a pretrained weights file: `path` when given (it must exist), else the hub cache copy,
     downloading it when online; MissingWeightsError naming the file, where to put it and `how_to_set` otherwise."""
     if path:
@@ -63,7 +66,7 @@ def fetch_weights(url: str, filename: str, what: str, how_to_set: str, path: str
             raise MissingWeightsError(f"{what}: the weights file given by {how_to_set} ({path}) does not exist "
                                       f"(expected '{filename}', from {url})")
         return local
-    found, why = try_download(url, filename)
+    found, why = try_download(url, filename, check_hash)
     if found:
         return found
     raise MissingWeightsError(

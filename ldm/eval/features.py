@@ -79,8 +79,10 @@ class InceptionFeatures(nn.Module):
         super().__init__()
         from ldm.checkpoint import load_state_dict
 
+        # Not hash-checked, as torch-fidelity and torchmetrics do not: the 8 hex digits in this name are also in
+        # pytorch-fid's differently named file, so they cannot be relied on as the SHA-256 prefix of this one
         path = fetch_weights(INCEPTION_URL, INCEPTION_FILENAME, "FID/KID/IS (Inception features)",
-                             INCEPTION_WEIGHTS_FLAG, weights_path)
+                             INCEPTION_WEIGHTS_FLAG, weights_path, check_hash=False)
         try:
             import torch_fidelity.feature_extractor_inceptionv3 as fidelity_inception
             from torchmetrics.image.fid import NoTrainInceptionV3

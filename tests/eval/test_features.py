@@ -75,6 +75,8 @@ def test_download_when_online_is_hash_checked_into_the_hub_cache(empty_torch_hom
     assert path == hub_checkpoint_path("w-6726825d.pth") and os.path.isfile(path) and why == ""
     assert calls == [("https://example.org/w-6726825d.pth", "6726825d")]
     assert try_download("https://example.org/w-6726825d.pth", "w-6726825d.pth")[0] == path and len(calls) == 1
+    try_download("https://example.org/x-12345678.pth", "x-12345678.pth", check_hash=False)
+    assert calls[-1] == ("https://example.org/x-12345678.pth", None)  # a name that is not a hash: no check
 
     def no_network(url, dst, hash_prefix=None, progress=True):
         raise OSError("Temporary failure in name resolution")
