@@ -74,9 +74,9 @@ def print_table(result: dict) -> None:
     for name, label in (("fid", "FID"), ("kid", "KID"), ("is", "IS"), ("clip_score", "CLIP score"),
                         ("psnr", "PSNR (dB)"), ("ssim", "SSIM"), ("lpips", "LPIPS"), ("rfid", "rFID")):
         if f"{name}_mean" in m:
-            rows.append((label, f"{m[f'{name}_mean']:.4f} +- {m[f'{name}_std']:.4f}"))
+            rows.append((label, f"{m[f'{name}_mean']:.4g} +- {m[f'{name}_std']:.2g}"))
         elif name in m:
-            rows.append((label, f"{m[name]:.4f}"))
+            rows.append((label, f"{m[name]:.4g}"))
         elif name in result["unavailable"]:
             rows.append((label, "-  (" + result["unavailable"][name] + ")"))
     print(f"{result['kind']} metrics, {result['n']} images vs {result['reference']['description']}, "

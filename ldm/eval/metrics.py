@@ -11,7 +11,9 @@ Names in results: fid, kid_mean, kid_std, is_mean, is_std, clip_score, psnr, ssi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -41,6 +43,15 @@ def _features(x: torch.Tensor, what: str) -> torch.Tensor:
     return x.double()
 
 
+@contextlib.contextmanager
+def _all_features_kept() -> Iterator[None]:
+    """Quiet torchmetrics' note that KID / IS keep every feature in memory: here they hold only features that
+    were already extracted (a few MB), so the note is noise on every evaluation."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Metric `.*` will save all extracted features", category=UserWarning)
+        yield
+
+
 def fid(real: torch.Tensor, fake: torch.Tensor) -> float:
     """Frechet distance between the Gaussians fitted to two feature sets (N, D) (torchmetrics FID)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
@@ -60,7 +71,9 @@ def kid(real: torch.Tensor, fake: torch.Tensor, subsets: int = KID_SUBSETS, subs
 
     real, fake = _features(real, "KID reference"), _features(fake, "KID samples")
     size = min(subset_size, len(real), len(fake))
-    metric = KernelInceptionDistance(feature=Precomputed(real.shape[1]), subsets=subsets, subset_size=size, **LOCAL)
+    with _all_features_kept():
+        metric = KernelInceptionDistance(feature=Precomputed(real.shape[1]), subsets=subsets, subset_size=size,
+                                         **LOCAL)
     metric.update(real, real=True)
     metric.update(fake, real=False)
     with torch.random.fork_rng(devices=[]):
@@ -74,7 +87,8 @@ def inception_score(logits: torch.Tensor, splits: int = IS_SPLITS, seed: int = 0
     from torchmetrics.image.inception import InceptionScore
 
     logits = _features(logits, "IS logits")
-    metric = InceptionScore(feature=Precomputed(logits.shape[1]), splits=min(splits, len(logits)), **LOCAL)
+    with _all_features_kept():
+        metric = InceptionScore(feature=Precomputed(logits.shape[1]), splits=min(splits, len(logits)), **LOCAL)
     metric.update(logits)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
