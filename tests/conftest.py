@@ -31,3 +31,13 @@ def _seed():
 @pytest.fixture
 def repo_root():
     return ROOT
+
+
+@pytest.fixture
+def single_thread():
+    """Tiny models run fastest on one thread, and then do not fight other processes for the cores (folders whose
+    tests are all tiny models make this autouse in their conftest)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

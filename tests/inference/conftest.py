@@ -15,12 +15,9 @@ from ldm.util import instantiate_from_config  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and then do not fight other processes for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def one_thread(single_thread):
+    """Every test here runs on one thread (tests/conftest.py)."""
     yield
-    torch.set_num_threads(threads)
 
 
 def build(cond):

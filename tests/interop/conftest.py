@@ -23,12 +23,9 @@ TEXT_UNET = dict(image_size=8, in_channels=4, out_channels=4, model_channels=16,
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread and then leave the other cores alone."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def one_thread(single_thread):
+    """Every test here runs on one thread (tests/conftest.py)."""
     yield
-    torch.set_num_threads(threads)
 
 
 def randomize(module, seed=0, std=0.1):
