@@ -7,6 +7,7 @@ import contextlib
 import torch
 
 from ldm.inference.errors import UsageError
+from ldm.precision import warn_if_slow_bf16
 
 # --precision choices: fp32 (full; "full" is the CompVis name), bf16 / fp16 autocast, or autocast in the device's
 # usual half type (fp16 on CUDA and MPS, bf16 on the CPU).
@@ -47,11 +48,12 @@ def autocast_dtype(precision: str | None, device: torch.device) -> torch.dtype |
         raise UsageError(f"--precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
     if precision in ("fp32", "full"):
         return None
-    if precision == "autocast":
-        return torch.bfloat16 if device.type == "cpu" else torch.float16
     if precision == "fp16" and device.type == "cpu":
         raise UsageError("--precision fp16: float16 autocast is for GPUs; use bf16 (or autocast) on the CPU")
-    return HALF_TYPES[precision]
+    dtype = HALF_TYPES[precision] if precision != "autocast" else torch.bfloat16 if device.type == "cpu" \
+        else torch.float16
+    warn_if_slow_bf16(dtype, device)
+    return dtype
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

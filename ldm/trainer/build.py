@@ -138,9 +138,10 @@ def trainer_kwargs(trainer_cfg: Any, model: Any) -> tuple[dict[str, Any], list[s
     """pl.Trainer keyword arguments from `lightning.trainer`, notes to print, and extra callbacks it requires.
 
     Applies: unknown-key check, Lightning 1 `gpus`, DDP when devices > 1 (`find_unused_parameters`, default on for
-    manual-optimization models), gradient accumulation moved into manual-optimization models, and `max_steps`
-    counted in training batches.
+    manual-optimization models), the bf16 check (`ldm.precision`), gradient accumulation moved into
+    manual-optimization models, and `max_steps` counted in training batches.
     """
+    from ldm.precision import checked_trainer_precision
     from ldm.trainer.callbacks import BatchLimit
 
     cfg = dict(_plain(trainer_cfg) or {})
@@ -190,6 +191,9 @@ def trainer_kwargs(trainer_cfg: Any, model: Any) -> tuple[dict[str, Any], list[s
             cfg["strategy"] = DDPStrategy(find_unused_parameters=unused)
             notes.append(f"{n} devices: DDP strategy (find_unused_parameters={unused}"
                          f"{', default for manual optimization' if find_unused is None and manual else ''})")
+
+    if "precision" in cfg:
+        cfg["precision"] = checked_trainer_precision(cfg["precision"], cfg.get("accelerator"))
 
     accumulate = int(cfg.get("accumulate_grad_batches", 1) or 1)
     if manual and accumulate > 1:
