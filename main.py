@@ -16,26 +16,35 @@ import sys
 from argparse import Namespace
 from typing import Any
 
-from ldm.checkpoint import CheckpointError
+# Only light imports here (argparse, omegaconf): `--help` and argument errors answer before torch and Lightning load.
 from ldm.targets import ALLOW_ENV
-from ldm.trainer.callbacks import CUDACallback, SetupCallback  # noqa: F401  (CompVis config targets)
 from ldm.trainer.cli import UsageError, load_run_config, parse_args, resolve_resume
-from ldm.trainer.image_logger import ImageLogger  # noqa: F401  (CompVis config target)
 from ldm.trainer.logdir import (LOGDIR_ENV, RunPaths, choose_logdir, hand_over, handed_over, launched_processes,
                                 move_to_debug_runs, remove_if_unused, restore_env)
 from ldm.util import ConfigError
 
-# Errors a user fixes without reading a traceback: printed as one line, exit status 1 (ConfigError/UsageError: 2).
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, CheckpointError)
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors a user fixes without reading a traceback: printed as one line, exit status 1 (ConfigError/UsageError:
+    2)."""
+    from ldm.checkpoint import CheckpointError
+
+    return FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, CheckpointError
+
+
+# CompVis config targets named `main.<X>`, imported on first use (module -> class name).
+CONFIG_TARGETS = {"DataModuleFromConfig": "ldm.data.datamodule", "SetupCallback": "ldm.trainer.callbacks",
+                  "CUDACallback": "ldm.trainer.callbacks", "ImageLogger": "ldm.trainer.image_logger"}
 
 
 def __getattr__(name: str) -> Any:
-    """`main.DataModuleFromConfig` (CompVis config target) and `main.instantiate_from_config` (imported from here by
-    the original scripts, e.g. inpaint.py), imported on first use."""
-    if name == "DataModuleFromConfig":
-        from ldm.data.datamodule import DataModuleFromConfig
+    """`main.DataModuleFromConfig`, `main.SetupCallback`, `main.CUDACallback`, `main.ImageLogger` (CompVis config
+    targets) and `main.instantiate_from_config` (imported from here by the original scripts, e.g. inpaint.py),
+    imported on first use."""
+    if name in CONFIG_TARGETS:
+        import importlib
 
-        return DataModuleFromConfig
+        return getattr(importlib.import_module(CONFIG_TARGETS[name]), name)
     if name in ("instantiate_from_config", "get_obj_from_str"):
         import ldm.util
 
@@ -66,6 +75,7 @@ def build(opt: Namespace, dotlist: list[str]) -> dict[str, Any]:
     from pytorch_lightning.utilities.model_helpers import is_overridden
 
     from ldm.trainer.build import checkpoint_config, config_number, configured_callbacks, learning_rate, trainer_kwargs
+    from ldm.trainer.callbacks import SetupCallback
     from ldm.trainer.checkpoint_io import AtomicCheckpointIO
     from ldm.trainer.loggers import build_loggers
     from ldm.trainer.progress import ThroughputProgressBar, TrainingStats
@@ -176,6 +186,7 @@ def run(opt: Namespace, built: dict[str, Any]) -> int:
 
     from ldm.trainer.loggers import finish_wandb, start_wandb
 
+    from ldm.checkpoint import CheckpointError
     from ldm.files import remove_stale_temp_files
     from ldm.trainer.finite_guard import NonFiniteTrainingError
 
@@ -262,13 +273,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    from ldm.trainer.hparams import command_line
-
     try:
         opt, dotlist = parse_args(argv)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from ldm.trainer.hparams import command_line
+
     opt.command = command_line(argv, program="main.py")  # logged with the hyperparameters
     if opt.allow_target:  # through the environment, so DDP ranks started later see it too
         os.environ[ALLOW_ENV] = ",".join(filter(None, [os.environ.get(ALLOW_ENV, ""), *opt.allow_target]))
@@ -279,7 +290,7 @@ def _main(argv: list[str] | None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except USER_ERRORS as err:
+    except user_errors() as err:
         if opt.debug:
             raise
         print(f"error: {type(err).__name__}: {err}\n(run with -d for the full traceback)", file=sys.stderr)

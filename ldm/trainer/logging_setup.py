@@ -88,11 +88,20 @@ class _State:
 _state = _State()
 
 
-def current_rank() -> int:
-    """Global rank of this process as Lightning reads it from the launcher's environment (0 when not distributed)."""
-    from lightning_fabric.utilities.rank_zero import rank_zero_only
+# Where launchers put a process's rank, in the order Lightning reads them (lightning_fabric's rank_zero._get_rank).
+RANK_ENV_VARS = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
 
-    return int(getattr(rank_zero_only, "rank", 0) or 0)
+
+def current_rank() -> int:
+    """Global rank of this process as Lightning reads it from the launcher's environment (0 when not distributed);
+    read from the environment while Lightning is not imported yet, so `--help` need not import it."""
+    rank_zero = sys.modules.get("lightning_fabric.utilities.rank_zero")
+    if rank_zero is not None:
+        return int(getattr(rank_zero.rank_zero_only, "rank", 0) or 0)
+    for key in RANK_ENV_VARS:
+        if os.environ.get(key, "").strip().isdigit():
+            return int(os.environ[key])
+    return 0
 
 
 def setup_logging(rank: int | None = None, info_to_stdout: bool = True, logfile: bool = True) -> None:
