@@ -32,22 +32,15 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, CheckpointError
 
 
-# CompVis config targets named `main.<X>`, imported on first use (module -> class name).
-CONFIG_TARGETS = {"DataModuleFromConfig": "ldm.data.datamodule", "SetupCallback": "ldm.trainer.callbacks",
-                  "CUDACallback": "ldm.trainer.callbacks", "ImageLogger": "ldm.trainer.image_logger"}
-
-
 def __getattr__(name: str) -> Any:
     """`main.DataModuleFromConfig`, `main.SetupCallback`, `main.CUDACallback`, `main.ImageLogger` (CompVis config
     targets) and `main.instantiate_from_config` (imported from here by the original scripts, e.g. inpaint.py),
     imported on first use."""
-    if name in CONFIG_TARGETS:
-        import importlib
+    import ldm.util
 
-        return getattr(importlib.import_module(CONFIG_TARGETS[name]), name)
+    if f"main.{name}" in ldm.util.LEGACY_TARGETS:  # where the CompVis `main.<X>` config targets live in the package
+        return ldm.util.get_obj_from_str(ldm.util.LEGACY_TARGETS[f"main.{name}"])
     if name in ("instantiate_from_config", "get_obj_from_str"):
-        import ldm.util
-
         return getattr(ldm.util, name)
     raise AttributeError(f"module 'main' has no attribute '{name}'")
 

@@ -8,6 +8,7 @@ diffusers' U-Net too), with no message. GPUs without bf16 (before Ampere) get fp
 from __future__ import annotations
 
 import logging
+import platform
 
 import torch
 
@@ -19,7 +20,10 @@ SLOW_BF16_CPU = ("this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 is e
 
 
 def cpu_has_native_bf16() -> bool:
-    """True when torch reports AVX512-BF16 or AMX on this CPU (where bf16 matmuls and convs are fast)."""
+    """True when torch reports AVX512-BF16 or AMX on this CPU (where bf16 matmuls and convs are fast); on a CPU that
+    is not x86 (ARM: torch has no such check) it is not known, taken as True so nothing is warned about."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return True
     for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
         fn = getattr(torch.cpu, check, None)
         try:
@@ -40,18 +44,27 @@ def cuda_has_bf16() -> bool:
         return bool(torch.cuda.is_bf16_supported())
 
 
-def _uses_gpu(accelerator: object) -> bool:
-    """Whether a Trainer with this `accelerator` runs on CUDA (None / "auto": when CUDA is available)."""
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def _runs_on(accelerator: object) -> str:
+    """"cuda", "cpu" or "other" (e.g. MPS, TPU) for a Trainer with this `accelerator` (None / "auto": what Lightning
+    picks: CUDA, else MPS, else the CPU)."""
     name = str(accelerator or "auto").lower()
-    return name in ("gpu", "cuda") or (name == "auto" and torch.cuda.is_available())
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "other" if _mps_available() else "cpu"
+    return "cuda" if name in ("gpu", "cuda") else "cpu" if name == "cpu" else "other"
 
 
 def checked_trainer_precision(precision: object, accelerator: object) -> object:
     """`lightning.trainer.precision` as it should run here: unchanged, except bf16 on a GPU without bf16 becomes
     "16-mixed" (warned); bf16 on a CPU without native bf16 stays (the user asked for it) but is warned about."""
-    if str(precision) not in BF16_PRECISIONS:
+    device = _runs_on(accelerator)
+    if str(precision) not in BF16_PRECISIONS or device == "other":
         return precision
-    if _uses_gpu(accelerator):
+    if device == "cuda":
         if torch.cuda.is_available() and not cuda_has_bf16():
             log.warning("lightning.trainer.precision=%s: this GPU has no bf16; training in 16-mixed instead",
                         precision)
@@ -62,7 +75,7 @@ def checked_trainer_precision(precision: object, accelerator: object) -> object:
     return precision
 
 
-def warn_if_slow_bf16(dtype: torch.dtype | None, device: torch.device, flag: str = "--precision") -> None:
-    """Warn when inference autocasts to bf16 on a CPU that only emulates it."""
+def warn_if_slow_bf16(dtype: torch.dtype | None, device: torch.device) -> None:
+    """Warn when inference (`--precision`) autocasts to bf16 on a CPU that only emulates it."""
     if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_native_bf16():
-        log.warning("%s: %s; use %s fp32 here", flag, SLOW_BF16_CPU, flag)
+        log.warning("--precision: %s; use --precision fp32 here", SLOW_BF16_CPU)

@@ -113,14 +113,14 @@ def main(argv: list[str] | None = None) -> dict:
     from ldm.eval.reference import dataset_items, default_cache_dir, reference_features
     from ldm.inference.devices import check_device
     from ldm.inference.validation import check_outdir, check_positive
-    from ldm.trainer.runs import run_config
+    from ldm.trainer.runs import run_config, run_logdir
     from ldm.util import instantiate_from_config
 
     check_positive(args.n, "--n")
     check_positive(args.batch, "--batch")
     device = check_device(args.device)
     config, ckpt = run_config(args.resume)  # UsageError naming -r for a bad run folder
-    run = args.resume if os.path.isdir(args.resume) else os.path.dirname(os.path.dirname(args.resume))
+    run = run_logdir(ckpt)
     out = args.out or os.path.join(run, "eval", time.strftime("%Y-%m-%dT%H-%M-%S"))
     check_outdir(out, "--out")
     stage2 = "unet_config" in (config.model.get("params") or {})
@@ -212,13 +212,12 @@ def evaluate_reconstructions(args, config, ckpt, reference, size, extractor, dev
     from ldm.eval.reference import image_batches
     from ldm.eval.samples import reconstruct
     from ldm.inference.images import image_grid, to_pil
-    from ldm.modules.losses.lpips import MissingPerceptualWeightsError
     from ldm.trainer.runs import load_inference_model
     from ldm.weights import MissingWeightsError
 
     try:
         lpips_net = lpips_model(args.lpips_vgg).to(device)
-    except (MissingPerceptualWeightsError, MissingWeightsError) as err:
+    except MissingWeightsError as err:  # LPIPS' VGG16 (MissingPerceptualWeightsError is one)
         lpips_net = None
         result["unavailable"]["lpips"] = str(err).splitlines()[0]
     model = load_inference_model(config, ckpt, device)

@@ -32,8 +32,6 @@ from ldm.inference import cli  # noqa: E402
 from ldm.inference.errors import UsageError  # noqa: E402
 
 FORMATS = ("safetensors", "compvis", "diffusers")
-# files that show a folder is a diffusers export (a pipeline, one model, or parts in sub-folders)
-DIFFUSERS_MARKERS = ("model_index.json", "config.json", "unet/config.json", "vae/config.json")
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -60,24 +58,20 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_out(path: str, fmt: str, force: bool) -> list[str]:
-    """The files the export will write; UsageError for a wrong kind of --out or one that exists without --force."""
+def check_out(path: str, fmt: str, force: bool) -> None:
+    """UsageError for a wrong kind of --out, or one that exists without --force."""
     from ldm.inference.validation import check_outdir, check_output_file
-    from ldm.interop.compvis import COMPVIS_CKPT, COMPVIS_CONFIG
 
     if fmt == "safetensors":
         if not path.endswith(".safetensors"):
             raise UsageError(f"--out {path}: --format safetensors writes a file named *.safetensors")
         check_output_file(path, "--out")
-        targets = [path, path[: -len(".safetensors")] + ".yaml"]
-        existing = [p for p in targets if os.path.exists(p)]
+        existing = [p for p in (path, path[: -len(".safetensors")] + ".yaml") if os.path.exists(p)]
     else:
         check_outdir(path, "--out")
-        targets = [os.path.join(path, COMPVIS_CONFIG), os.path.join(path, COMPVIS_CKPT)] if fmt == "compvis" else [path]
         existing = [path] if os.path.isdir(path) and os.listdir(path) else []
     if existing and not force:
         raise UsageError(f"--out: {existing[0]} already exists; pass --force to overwrite it")
-    return targets
 
 
 def check_loads(export) -> None:
@@ -105,12 +99,13 @@ def export_diffusers(args: argparse.Namespace, source) -> dict:
     from ldm.inference.model_info import describe_model
     from ldm.interop.compvis import DTYPES
     from ldm.interop.diffusers import export_diffusers as to_diffusers
+    from ldm.interop.diffusers import is_diffusers_path
 
     out = os.path.abspath(args.out)
     replace = os.path.isdir(out) and bool(os.listdir(out))
-    if replace and not any(os.path.isfile(os.path.join(out, f)) for f in DIFFUSERS_MARKERS):
-        raise UsageError(f"--out {args.out}: --force replaces an earlier diffusers export only, and this folder has "
-                         f"no {' or '.join(DIFFUSERS_MARKERS)}")
+    if replace and not is_diffusers_path(out):
+        raise UsageError(f"--out {args.out}: --force replaces an earlier diffusers export only, and this folder is "
+                         "not one (no model_index.json, unet/ or diffusers config.json)")
     device = check_device(args.device)
     ema = cli.resolve_ema(describe_model(source.config), args.ema)
     model = load_model(source, device)
@@ -120,7 +115,11 @@ def export_diffusers(args: argparse.Namespace, source) -> dict:
         if replace:
             old = target[: -len("new")] + "old"
             os.rename(out, old)
-            os.rename(target, out)
+            try:
+                os.rename(target, out)
+            except OSError:
+                os.rename(old, out)  # the earlier export stays where it was
+                raise
     finally:
         if replace:
             shutil.rmtree(os.path.dirname(target), ignore_errors=True)
@@ -145,9 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     if os.path.isdir(source.ckpt):  # --from-diffusers: its weights are converted to ours when the model loads
         from ldm.inference.loading import load_model
 
-        # a diffusers folder holds one set of weights; the model's fresh EMA copy is not part of it
-        state = {k: v for k, v in load_model(source).state_dict().items() if not k.startswith(compvis.EMA_PREFIX)}
-        checkpoint, source_sha256 = {"state_dict": state}, ""
+        checkpoint, source_sha256 = {"state_dict": load_model(source).state_dict()}, ""
     else:
         checkpoint, source_sha256 = load_checkpoint(source.ckpt), compvis.sha256_file(source.ckpt)
     if args.ema and not compvis.has_ema(checkpoint):

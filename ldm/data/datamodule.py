@@ -140,34 +140,20 @@ class DataModuleFromConfig(pl.LightningDataModule):
         iterable = isinstance(dataset, IterableDataset)
         workers = self.num_workers
         persistent = (workers > 0) if self.persistent_workers is None else (bool(self.persistent_workers) and workers > 0)
-        if getattr(dataset, "bucket_sizes", None) and not iterable:
+        common = dict(num_workers=workers, pin_memory=self._use_pin_memory(), persistent_workers=persistent,
+                      worker_init_fn=worker_init_fn if self.use_worker_init_fn else None)
+        bucketed = bool(getattr(dataset, "bucket_sizes", None))
+        if bucketed and not iterable:
             # one bucket per batch; validation keeps its order (shuffle False) but still needs same-shape batches
-            return BucketDataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, seed=run_seed(),
-                                    num_workers=workers, pin_memory=self._use_pin_memory(),
-                                    worker_init_fn=worker_init_fn if self.use_worker_init_fn else None,
-                                    persistent_workers=persistent)
-        if getattr(dataset, "bucket_sizes", None) and iterable:
-            # a stream (shards) groups itself into one-bucket batches; the loader passes them on whole
-            dataset.batch_by_bucket(self.batch_size, workers)
-            loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=self._use_pin_memory(),
-                                worker_init_fn=worker_init_fn if self.use_worker_init_fn else None,
-                                persistent_workers=persistent)
-            loader.sampler.set_epoch = dataset.set_epoch  # see below
-            return loader
+            return BucketDataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, seed=run_seed(), **common)
         if key == "train" and self.resumable and not iterable:
-            return ResumableDataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, seed=run_seed(),
-                                       num_workers=workers, pin_memory=self._use_pin_memory(),
-                                       worker_init_fn=worker_init_fn if self.use_worker_init_fn else None,
-                                       persistent_workers=persistent)
-        loader = DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle and not iterable,  # an IterableDataset orders itself
-            num_workers=workers,
-            worker_init_fn=worker_init_fn if self.use_worker_init_fn else None,
-            pin_memory=self._use_pin_memory(),
-            persistent_workers=persistent,
-        )
+            return ResumableDataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, seed=run_seed(), **common)
+        batch_size = self.batch_size
+        if bucketed:  # a stream (shards) groups itself into one-bucket batches; the loader passes them on whole
+            dataset.batch_by_bucket(self.batch_size, workers)
+            batch_size = None
+        # an IterableDataset orders itself
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and not iterable, **common)
         if iterable and callable(getattr(dataset, "set_epoch", None)):
             # Lightning tells the loader's sampler the epoch; an iterable dataset (shards) orders itself, so pass it on
             loader.sampler.set_epoch = dataset.set_epoch

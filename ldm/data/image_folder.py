@@ -363,10 +363,10 @@ class ImageFolder(Dataset):
         w, h = self._image_sizes[rel]
         return nearest_bucket(h, w, self.bucket_sizes)
 
-    def _example(self, i: int, image) -> dict:
-        """The example dict of item i from its decoded RGB image."""
+    def _example(self, i: int, image, bucket: int | None = None) -> dict:
+        """The example dict of item i from its decoded RGB image, at the size of `bucket` (default: item i's)."""
         path = os.path.join(self.root, self.paths[i])
-        out = None if self.bucket_sizes is None else self.bucket_sizes[self.bucket_of(i)]
+        out = None if self.bucket_sizes is None else self.bucket_sizes[self.bucket_of(i) if bucket is None else bucket]
         example = {"image": self.transform(image, out=out), "file_path_": path}
         if self.has_captions:
             example["caption"] = self._caption(i)
@@ -380,7 +380,8 @@ class ImageFolder(Dataset):
         return example
 
     def __getitem__(self, index: int) -> dict:
-        """Item `index`, or the next readable one when its file cannot be decoded."""
+        """Item `index`, or the next readable one when its file cannot be decoded (at item `index`'s bucket size, so
+        a bucket batch keeps one shape)."""
         n = len(self.paths)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {n} images")
@@ -395,7 +396,7 @@ class ImageFolder(Dataset):
                 if self._skips.mark(j):
                     warnings.warn(f"skipping unreadable image {error}", BadImageWarning, stacklevel=2)
                 continue
-            return self._example(j, image)
+            return self._example(j, image, None if j == index or self.bucket_sizes is None else self.bucket_of(index))
         raise UnreadableImagesError(self._unreadable_message())
 
     def _load(self, rel: str) -> tuple[object, str | None]:

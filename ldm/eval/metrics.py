@@ -19,8 +19,6 @@ from typing import Any
 import torch
 from torch import nn
 
-GENERATION_METRICS = ("fid", "kid", "is", "clip_score")
-RECONSTRUCTION_METRICS = ("psnr", "ssim", "lpips", "rfid")
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000  # torchmetrics' / the KID paper's defaults (subset size capped by n)
 IS_SPLITS = 10
 LOCAL = {"sync_on_compute": False}  # every metric is computed from inputs this process already holds
@@ -182,8 +180,9 @@ class ReconstructionMeter:
         from ldm.eval.reference import from_model_range
 
         pred = pred.clamp(-1, 1)
-        self.psnr.update(_to_unit(pred), _to_unit(target))
-        self.ssim.update(_to_unit(pred), _to_unit(target))
+        unit_pred, unit_target = _to_unit(pred), _to_unit(target)
+        self.psnr.update(unit_pred, unit_target)
+        self.ssim.update(unit_pred, unit_target)
         if self.lpips is not None:
             device = next(self.lpips_net.parameters()).device
             self.lpips.update(self.lpips_net(pred.float().to(device), target.float().to(device)).flatten().cpu())

@@ -63,6 +63,8 @@ def _diffusers_source(folder: str) -> ModelSource:
         model = diffusers_model_config(folder)
     except KeyMapError as err:
         raise UsageError(f"--from-diffusers: {err}") from err
+    # the folder holds one set of weights: an EMA copy of them would only double the UNet's memory here
+    model["params"]["use_ema"] = False
     return ModelSource(OmegaConf.create({"model": model}), os.path.abspath(folder))
 
 

@@ -207,7 +207,8 @@ def diffusers_model_config(path: str) -> dict[str, Any]:
     unet_cls = unet_config.get("_class_name", "UNet2DConditionModel")
     unet = unet_from_diffusers(unet_cls, unet_config)
     sched_path = os.path.join(root, "scheduler", SCHEDULER_NAME)
-    schedule = schedule_from_diffusers(_read_json(sched_path) if os.path.isfile(sched_path) else {})
+    sched = _read_json(sched_path) if os.path.isfile(sched_path) else {}
+    schedule = schedule_from_diffusers(sched)
     if unet["in_channels"] != unet["out_channels"]:
         raise KeyMapError(f"{root}: the UNet takes {unet['in_channels']} input channels for {unet['out_channels']} "
                           "output channels (inpainting / super-resolution concat inputs); give your own config and "
@@ -226,7 +227,6 @@ def diffusers_model_config(path: str) -> dict[str, Any]:
     if vae_dir is None:
         if has_text:
             raise KeyMapError(f"{root}: a pixel-space text model has no equivalent config here")
-        sched = _read_json(sched_path) if os.path.isfile(sched_path) else {}
         params["clip_denoised"] = bool(sched.get("clip_sample", True))
         return {"target": DDPM_TARGET, "params": params}
     vae_config = _read_json(os.path.join(vae_dir, CONFIG_NAME))

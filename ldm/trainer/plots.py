@@ -122,9 +122,10 @@ def plot_metrics(series: Series, outdir: str) -> list[str]:
     return written
 
 
-def plot_run(run: str, outdir: str | None = None) -> list[str]:
-    """Plots of a run folder's metrics into `outdir` (default `<run>/plots`); FileNotFoundError without metrics."""
-    files = metrics_files(run)
+def plot_run(run: str, outdir: str | None = None, files: list[str] | None = None) -> list[str]:
+    """Plots of a run folder's metrics (its `metrics_files`, or `files` when already listed) into `outdir` (default
+    `<run>/plots`); FileNotFoundError without metrics."""
+    files = metrics_files(run) if files is None else files
     if not files:
         raise FileNotFoundError(f"{run}: no {METRICS_FILE} (in the run folder or its version_* folders)")
     series = read_metrics(files)
@@ -136,9 +137,10 @@ def plot_run(run: str, outdir: str | None = None) -> list[str]:
 def plot_run_safely(run: str) -> list[str]:
     """`plot_run` for the end of training: nothing without metrics, a warning (never an exception) on failure."""
     try:
-        if not metrics_files(run):
+        files = metrics_files(run)
+        if not files:
             return []
-        written = plot_run(run)
+        written = plot_run(run, files=files)
     except Exception as err:  # plotting must never fail a finished run
         log.warning("could not plot the metrics of %s: %s: %s", run, type(err).__name__, err)
         return []

@@ -1,5 +1,6 @@
 """Tests for aspect-ratio buckets: sizes, assignment, the DDP-aware resumable sampler, ImageFolder and DataModule."""
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ from PIL import Image
 
 from ldm.data.buckets import (BucketBatchSampler, BucketDataLoader, check_bucket_multiple, make_buckets,
                               nearest_bucket)
+from ldm.data.base import BadImageWarning
 from ldm.data.datamodule import DataModuleFromConfig
 from ldm.data.image_folder import ImageFolder
 from ldm.util import ConfigError
@@ -159,3 +161,17 @@ def test_datamodule_over_bucketed_folder(tmp_path):
     val = list(dm.val_dataloader())
     assert sum(len(b["file_path_"]) for b in val) == 6  # one rank: nothing dropped
     assert {tuple(b["image"].shape[1:3]) for b in val} == {(32, 64), (48, 48), (64, 32)}
+
+
+def test_unreadable_image_in_a_bucket_is_replaced_at_that_bucket_size(tmp_path):
+    root = _folder(tmp_path, sizes=((64, 64), (64, 128)))
+    (root / "0b.png").write_bytes(b"not an image")  # its replacement is the next readable image, 1.png: wide
+    ds = ImageFolder(root, size=64, buckets=[[64, 64], [64, 128]])
+    bad = ds.paths.index("0b.png")
+    with pytest.warns(BadImageWarning):
+        item = ds[bad]
+    assert item["image"].shape[:2] == ds.bucket_sizes[ds.bucket_of(bad)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BadImageWarning)
+        for batch in BucketDataLoader(ds, batch_size=2, shuffle=False):
+            assert len({tuple(x.shape) for x in batch["image"]}) == 1

@@ -18,6 +18,7 @@ from torch import nn
 
 from ldm.checkpoint import CheckpointError, load_state_dict
 from ldm.util import ConfigError
+from ldm.weights import MissingWeightsError, hub_checkpoint_path, try_download
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +31,13 @@ LPIPS_VERSION = "0.1"
 _NORM_EPS = 1e-10  # feature normalisation epsilon of the LPIPS reference
 
 
-class MissingPerceptualWeightsError(ConfigError, FileNotFoundError):
+class MissingPerceptualWeightsError(MissingWeightsError):
     """The VGG16 ImageNet weights for LPIPS are not on disk; the message says where to put them and the alternatives."""
 
 
 def default_vgg_path() -> str:
     """Where torch.hub (and thus torchvision) looks for the VGG16 weights: `<torch.hub.get_dir()>/checkpoints/...`."""
-    return os.path.join(torch.hub.get_dir(), "checkpoints", VGG16_FILENAME)
+    return hub_checkpoint_path(VGG16_FILENAME)
 
 
 def resolve_vgg_path(vgg_path: str | None = None) -> str:
@@ -46,8 +47,6 @@ def resolve_vgg_path(vgg_path: str | None = None) -> str:
         return path
     why = "it is not downloaded for an explicit path"
     if not vgg_path:  # online: the same hash-checked download into the torch hub cache torchvision does
-        from ldm.weights import try_download
-
         downloaded, why = try_download(VGG16_URL, VGG16_FILENAME)
         if downloaded:
             return downloaded
