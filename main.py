@@ -17,10 +17,12 @@ from argparse import Namespace
 from typing import Any
 
 # Only light imports here (argparse, omegaconf): `--help` and argument errors answer before torch and Lightning load.
+from ldm.errors import UsageError
+from ldm.run_folder import resolve_resume
 from ldm.targets import ALLOW_ENV
-from ldm.trainer.cli import UsageError, load_run_config, parse_args, resolve_resume
-from ldm.trainer.logdir import (LOGDIR_ENV, RunPaths, choose_logdir, hand_over, handed_over, launched_processes,
-                                move_to_debug_runs, remove_if_unused, restore_env)
+from ldm.trainer.cli import load_run_config, parse_args
+from ldm.trainer.logdir import (LOGDIR_ENV, RunPaths, choose_logdir, export_logdir_to_ranks, launched_processes,
+                                logdir_from_rank_zero, move_to_debug_runs, remove_if_unused, restore_env)
 from ldm.util import ConfigError
 
 
@@ -45,7 +47,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'main' has no attribute '{name}'")
 
 
-def say(message: str, error: bool = False) -> None:
+def log_rank_zero(message: str, error: bool = False) -> None:
     """A note (stdout) or error (stderr) on global rank 0 only, through logging, so `<logdir>/log.txt` has it too."""
     import logging
 
@@ -57,7 +59,7 @@ def say(message: str, error: bool = False) -> None:
 
 def complain(message: str) -> None:
     """An error line on stderr, rank 0 only."""
-    say(message, error=True)
+    log_rank_zero(message, error=True)
 
 
 def build(opt: Namespace, dotlist: list[str]) -> dict[str, Any]:
@@ -78,7 +80,7 @@ def build(opt: Namespace, dotlist: list[str]) -> dict[str, Any]:
     from ldm.trainer.checks import check_buckets, check_data_for_model, check_writable_logdir, fit_intervals_to_epoch
 
     resume = resolve_resume(opt.resume) if opt.resume else None
-    if resume is None and handed_over() is None and launched_processes() > 1:
+    if resume is None and logdir_from_rank_zero() is None and launched_processes() > 1:
         # torchrun / srun start every process themselves: each would pick its own timestamped folder
         raise UsageError(f"{launched_processes()} processes were launched by torchrun/srun: set "
                          f"{LOGDIR_ENV}=logs/<run name> (the same on every node) so that they share one run folder, "
@@ -102,7 +104,7 @@ def build(opt: Namespace, dotlist: list[str]) -> dict[str, Any]:
     if trainer_cfg.get("enable_checkpointing", True):
         checkpoint = instantiate_from_config(checkpoint_config(lightning_cfg, model, paths))
     else:
-        say("lightning.trainer.enable_checkpointing=false: no checkpoints, so this run cannot be resumed")
+        log_rank_zero("lightning.trainer.enable_checkpointing=false: no checkpoints, so this run cannot be resumed")
     stats = TrainingStats()
     callbacks = [SetupCallback(resume=resume, now=now, logdir=logdir, ckptdir=paths.ckptdir, cfgdir=paths.cfgdir,
                                config=config, lightning_config=lightning_cfg, command=getattr(opt, "command", None)),
@@ -123,7 +125,7 @@ def build(opt: Namespace, dotlist: list[str]) -> dict[str, Any]:
         data.prepare_data()
         data.setup("fit" if opt.train else "test")
     for split, dataset in (getattr(data, "datasets", None) or {}).items():
-        say(f"data: {split}: {type(dataset).__name__}, {len(dataset)} examples")
+        log_rank_zero(f"data: {split}: {type(dataset).__name__}, {len(dataset)} examples")
     if opt.train:
         check_buckets(config, data)
         notes += check_data_for_model(model, data) + fit_intervals_to_epoch(trainer, data)
@@ -140,8 +142,8 @@ def build(opt: Namespace, dotlist: list[str]) -> dict[str, Any]:
                                                      accumulate,
                                                      trainer.num_devices, trainer.num_nodes, scale=opt.scale_lr)
         notes.append(message)
-    for note in notes:
-        say(note)
+    for line in notes:
+        log_rank_zero(line)
     return dict(config=config, model=model, data=data, trainer=trainer, paths=paths, now=now, resume=resume,
                 loggers=loggers, checkpoint=checkpoint, test=will_test)
 
@@ -153,7 +155,7 @@ def _cleanup(built: dict[str, Any]) -> None:
     checkpoint = built["checkpoint"]
     trained = checkpoint._batches_this_process if checkpoint is not None else built["trainer"].global_step
     if rank_zero_only.rank == 0 and built["resume"] is None and remove_if_unused(built["paths"], trained):
-        say(f"removed the run folder {built['paths'].logdir}: no training batch ran")
+        log_rank_zero(f"removed the run folder {built['paths'].logdir}: no training batch ran")
 
 
 def _report_divergence(err: Exception, built: dict[str, Any]) -> None:
@@ -185,27 +187,27 @@ def run(opt: Namespace, built: dict[str, Any]) -> int:
 
     trainer, paths = built["trainer"], built["paths"]
     if not opt.train and not built["test"]:
-        say("nothing to do: pass -t/--train to train (the config has no test data or the model no test_step)")
+        log_rank_zero("nothing to do: pass -t/--train to train (the config has no test data or the model no test_step)")
         return 0
     if opt.train and rank_zero_only.rank == 0:  # left by a save that was killed (kill -9, power loss)
         for stale in remove_stale_temp_files(paths.ckptdir):
-            say(f"removed {stale}: an unfinished checkpoint write of an earlier process")
+            log_rank_zero(f"removed {stale}: an unfinished checkpoint write of an earlier process")
     # Lightning 2.6 on torch 2.14 warns about a torch-internal deprecation on every fit; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
     if built["resume"] is not None:  # the run's own checkpoints are expected there
         warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
-    previous_env = hand_over(paths.logdir, built["now"])
+    previous_env = export_logdir_to_ranks(paths.logdir, built["now"])
     logdir = paths.logdir
     try:
         trainer.loggers = start_wandb(list(trainer.loggers), paths.logdir, paths.name, opt.project)
         if opt.train:
             ckpt = built["resume"].ckpt if built["resume"] else None
             if ckpt:
-                say(f"resuming from {ckpt}")
+                log_rank_zero(f"resuming from {ckpt}")
             try:
                 trainer.fit(built["model"], built["data"], ckpt_path=ckpt)
             except SIGTERMException:
-                say(f"SIGTERM: training stopped and {paths.last_ckpt} was saved; continue with: "
+                log_rank_zero(f"SIGTERM: training stopped and {paths.last_ckpt} was saved; continue with: "
                     f"python main.py -r {paths.logdir}")
                 return 0
             except NonFiniteTrainingError as err:
@@ -233,7 +235,7 @@ def run(opt: Namespace, built: dict[str, Any]) -> int:
             checkpoint = built["checkpoint"]
             if built["resume"] is not None and checkpoint is not None and checkpoint._batches_this_process == 0:
                 max_steps = OmegaConf.select(built["config"], "lightning.trainer.max_steps", default=None)
-                say(f"nothing trained: the run already reached lightning.trainer.max_steps={max_steps}; to train "
+                log_rank_zero(f"nothing trained: the run already reached lightning.trainer.max_steps={max_steps}; to train "
                     f"longer: python main.py -r {paths.logdir} lightning.trainer.max_steps=<more>")
         if built["test"] and not trainer.interrupted:
             trainer.test(built["model"], built["data"])
@@ -246,11 +248,11 @@ def run(opt: Namespace, built: dict[str, Any]) -> int:
         hint = finish_wandb(list(trainer.loggers)) if rank_zero_only.rank == 0 else None
         if opt.debug and built["resume"] is None and rank_zero_only.rank == 0 and os.path.isdir(logdir):
             logdir = move_to_debug_runs(logdir)
-            say(f"debug run moved to {logdir}")
+            log_rank_zero(f"debug run moved to {logdir}")
             hint = hint.replace(paths.logdir, logdir) if hint else None
         if hint:
-            say(f"wandb ran offline; upload this run with:\n  {hint}")
-    say(f"run folder: {logdir}")
+            log_rank_zero(f"wandb ran offline; upload this run with:\n  {hint}")
+    log_rank_zero(f"run folder: {logdir}")
     return 0
 
 

@@ -5,7 +5,12 @@ MSE target; a step is zero_grad + forward + MSE + backward (no optimizer update,
 Timing runs both models in this process, warm-up first, then alternating rounds of `--steps` steps each: steps/s is
 the median over rounds, and the speed ratio is the median of the per-round ratios (each round pairs the two models
 back to back, so load from other processes hits both alike). Variants: fp32, checkpoint (use_checkpoint=True vs diffusers'
-enable_gradient_checkpointing), channels_last, bf16 (autocast); combine with '+', e.g. channels_last+bf16.
+enable_gradient_checkpointing), channels_last (inputs and weights of both models in channels_last), bf16 (autocast),
+compile (both models compiled per block with ldm.modules.compile.compile_regions: our ResBlock/SpatialTransformer,
+diffusers' ResnetBlock2D/Transformer2DModel; the first step, which compiles, is timed and reported on its own; ours
+compiles first, and inductor's kernel cache lets the second model reuse identical kernels, so the compile times are
+an upper bound for ours); combine with '+', e.g. channels_last+bf16. compile takes minutes at width 192, so it is not
+a default variant.
 
 Peak memory is the growth above the memory held just before a step (parameters + inputs + warm caches): the
 gradients, activations and temporaries of one step. GPU: torch.cuda.max_memory_allocated after reset_peak_memory_stats.
@@ -40,7 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Stable Diffusion v1's U-Net (model_channels is scaled by --model-channels).
 SD_V1 = dict(in_channels=4, out_channels=4, channel_mult=(1, 2, 4, 4), attention_resolutions=(4, 2, 1),
              num_res_blocks=2, num_heads=8, context_dim=768)
-VARIANT_FLAGS = ("checkpoint", "channels_last", "bf16")
+VARIANT_FLAGS = ("checkpoint", "channels_last", "bf16", "compile")
 
 
 def unet_config(args) -> dict:
@@ -54,6 +59,18 @@ def build_ours(args, checkpoint: bool) -> torch.nn.Module:
     from ldm.modules.diffusionmodules.openaimodel import UNetModel
 
     return UNetModel(**unet_config(args), use_checkpoint=checkpoint)
+
+
+def compile_blocks(model: torch.nn.Module, ours: bool) -> int:
+    """Compile both models the same way: per block (ResBlock + SpatialTransformer / their diffusers counterparts)."""
+    from ldm.modules.compile import compile_regions
+
+    if ours:
+        return compile_regions(model)
+    from diffusers.models.resnet import ResnetBlock2D
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+
+    return compile_regions(model, regions=(ResnetBlock2D, Transformer2DModel))
 
 
 def build_diffusers(args, checkpoint: bool) -> torch.nn.Module:
@@ -95,6 +112,8 @@ class Step:
         if "channels_last" in flags:
             self.model.to(memory_format=torch.channels_last)
             self.x = self.x.contiguous(memory_format=torch.channels_last)
+        if "compile" in flags:
+            compile_blocks(self.model, self.ours)
 
     def __call__(self) -> None:
         self.model.zero_grad(set_to_none=True)
@@ -184,7 +203,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1, help="timed steps per model per round")
     parser.add_argument("--rounds", type=int, default=6, help="alternating rounds (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per model first")
+    parser.add_argument("--warmup", type=int, default=1, help="steps per model before the timed rounds (the first is "
+                        "timed on its own: for variant compile it is the compile time)")
     parser.add_argument("--model-channels", type=int, default=64, help="320 = the Stable Diffusion v1 U-Net")
     parser.add_argument("--size", type=int, default=32, help="latent height and width")
     parser.add_argument("--context-dim", type=int, default=768)
@@ -197,8 +217,8 @@ def main() -> None:
     if args._memory_probe:
         memory_probe(args)
         return
-    if args.rounds < 1 or args.steps < 1:
-        parser.error("--rounds and --steps must be at least 1")
+    if args.rounds < 1 or args.steps < 1 or args.warmup < 1:
+        parser.error("--rounds, --steps and --warmup must be at least 1")
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -213,8 +233,16 @@ def main() -> None:
 
     rows = []
     for variant in args.variants.split(","):
+        if "compile" in variant.split("+"):
+            from ldm.modules.compile import compile_unavailable_reason
+
+            # Compiles a two-op function: the one-time start-up of the compiler is not charged to the first model.
+            reason = compile_unavailable_reason(device)
+            if reason:
+                raise SystemExit(f"variant {variant!r}: torch.compile is unavailable here ({reason})")
         steps = {w: Step(w, args, device, variant) for w in ("ours", "diffusers")}
-        for _ in range(args.warmup):
+        first = {w: time_steps(step, 1, device) for w, step in steps.items()}  # compiles, for variant compile
+        for _ in range(args.warmup - 1):
             for step in steps.values():
                 step()
         times = {w: [] for w in steps}
@@ -224,12 +252,14 @@ def main() -> None:
         del steps
         sps = {w: 1.0 / statistics.median(t) for w, t in times.items()}
         sps["ratio"] = statistics.median(d / o for o, d in zip(times["ours"], times["diffusers"]))
-        mem = ({w: float("nan") for w in times} if args.no_memory
+        skip_memory = args.no_memory or "compile" in variant.split("+")  # a probe would compile all over again
+        mem = ({w: float("nan") for w in times} if skip_memory
                else {w: peak_memory_mb(w, args, device, variant) for w in times})
         rows.append((variant, sps, mem))
         rounds = " ".join(f"{d / o:.2f}" for o, d in zip(times["ours"], times["diffusers"]))
         print(f"  {variant}: ours {sps['ours']:.3f} steps/s, diffusers {sps['diffusers']:.3f} steps/s, "
-              f"per-round ratios {rounds}", flush=True)
+              f"per-round ratios {rounds}; first step (compiles for 'compile') ours {first['ours']:.1f} s, "
+              f"diffusers {first['diffusers']:.1f} s", flush=True)
 
     print(f"\n{'variant':<22}{'ours steps/s':>13}{'diffusers steps/s':>19}{'speed ratio':>13}"
           f"{'ours MB':>10}{'diffusers MB':>14}{'mem ratio':>11}")

@@ -148,7 +148,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 def load_run_model(args) -> Any:
     """The --logdir run's model in eval mode on --device (default: cuda when available)."""
-    from ldm.trainer.runs import load_model_from_run
+    from ldm.models.from_run import load_model_from_run
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return load_model_from_run(args.logdir, checkpoint=args.checkpoint, device=device)[0]

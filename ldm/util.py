@@ -127,11 +127,6 @@ def load_configs(paths: list[str], dotlist: list[str] | None = None) -> DictConf
     return merged
 
 
-def register_config_source(path: str, cfg: DictConfig) -> None:
-    """Record a config loaded outside `load_configs` (e.g. a saved log-dir config) for error messages."""
-    _CONFIG_SOURCES.append((path, cfg))
-
-
 def _sources_for(key_path: str) -> list[str]:
     """Files among the registered sources that define `key_path`."""
     found = []
@@ -338,23 +333,6 @@ def count_params(model: Any, verbose: bool = False) -> int:
     if verbose:
         print(f"{model.__class__.__name__} has {total * 1.e-6:.2f} M params.")
     return total
-
-
-def ismap(x: Any) -> bool:
-    """True for dicts and DictConfigs."""
-    return isinstance(x, (Mapping, DictConfig))
-
-
-def exists(x: Any) -> bool:
-    """True when x is not None."""
-    return x is not None
-
-
-def default(value: Any, fallback: Any) -> Any:
-    """`value` unless it is None, else `fallback` (called if callable)."""
-    if value is not None:
-        return value
-    return fallback() if callable(fallback) else fallback
 
 
 def batches_seen(trainer: Any) -> int:

@@ -17,9 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
-
-from ldm.inference.errors import UsageError  # noqa: E402
+from ldm.errors import UsageError  # noqa: E402
 
 
 def check_before_loading(args: argparse.Namespace, prefix: str) -> None:
@@ -28,7 +26,7 @@ def check_before_loading(args: argparse.Namespace, prefix: str) -> None:
     from ldm.inference.memory import check_fits, diffusion_batch_bytes
     from ldm.inference.model_info import describe_model
     from ldm.inference.validation import check_output_file, check_positive
-    from ldm.trainer.runs import run_config
+    from ldm.run_folder import run_config
 
     check_positive(args.batch_size, "--batch_size")
     check_output_file(prefix + ".json", "--out")
@@ -54,8 +52,11 @@ def main(argv: list[str] | None = None) -> dict:
                              "a blue square at the right', scored per object and per scene)")
     parser.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights, not the EMA")
     parser.add_argument("--out", default=None, help="output prefix (default <run>/eval_shapes)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=None, help="torch device (default: the first of cuda / mps / cpu)")
     args = parser.parse_args(argv)
+    from ldm.inference.devices import default_device
+
+    args.device = args.device or default_device()
     if not os.path.exists(args.resume):
         parser.error(f"run folder or checkpoint not found: {args.resume}")
     from ldm.diffusion.samplers import available_samplers
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     from ldm.eval.shapes_model import CHANCE, evaluate
     from ldm.files import atomic_write
     from ldm.trainer.image_logger import image_grid
-    from ldm.trainer.runs import load_model_from_run
+    from ldm.models.from_run import load_model_from_run
     from PIL import Image
 
     if args.objects < 1:

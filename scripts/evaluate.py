@@ -28,16 +28,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
-
-from ldm.inference import cli  # noqa: E402
-from ldm.inference.errors import UsageError  # noqa: E402
+from ldm.errors import UsageError  # noqa: E402
+from ldm.inference import entry  # noqa: E402  (torch-free: --help answers before torch loads)
 
 GRID_IMAGES = 64
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = cli.script_parser(__doc__)
+    parser = entry.script_parser(__doc__)
     parser.add_argument("-r", "--resume", required=True, metavar="RUN", help="main.py run folder (or a .ckpt in it)")
     parser.add_argument("--ref", default=None, help="reference images: a folder or shard urls (default: the run's "
                         "validation data)")
@@ -109,11 +107,13 @@ def reference_for(args: argparse.Namespace, config, dataset):
 
 def main(argv: list[str] | None = None) -> dict:
     args = get_parser().parse_args(argv)
+    import torch
+
     from ldm.eval import features as feats
     from ldm.eval.reference import dataset_items, default_cache_dir, reference_features
     from ldm.inference.devices import check_device
     from ldm.inference.validation import check_outdir, check_positive
-    from ldm.trainer.runs import run_config, run_logdir
+    from ldm.run_folder import run_config, run_logdir
     from ldm.util import instantiate_from_config
 
     check_positive(args.n, "--n")
@@ -175,7 +175,7 @@ def evaluate_samples(args, config, ckpt, run, dataset, extractor, real, device, 
     from ldm.inference.images import image_grid, to_pil
     from ldm.inference.model_info import describe_model
     from ldm.inference.validation import check_sampler_options
-    from ldm.trainer.runs import load_inference_model
+    from ldm.models.from_run import load_inference_model
 
     if args.sampler not in available_samplers():
         raise UsageError(f"--sampler: unknown sampler {args.sampler!r}; available: {', '.join(available_samplers())}")
@@ -208,11 +208,13 @@ def evaluate_samples(args, config, ckpt, run, dataset, extractor, real, device, 
 
 def evaluate_reconstructions(args, config, ckpt, reference, size, extractor, device, result) -> None:
     """Stage 1: reconstruct the reference images, then PSNR / SSIM / LPIPS / rFID (LPIPS when VGG16 is there)."""
+    import torch
+
     from ldm.eval.metrics import ReconstructionMeter, lpips_model
     from ldm.eval.reference import image_batches
     from ldm.eval.samples import reconstruct
     from ldm.inference.images import image_grid, to_pil
-    from ldm.trainer.runs import load_inference_model
+    from ldm.models.from_run import load_inference_model
     from ldm.weights import MissingWeightsError
 
     try:
@@ -239,4 +241,4 @@ def evaluate_reconstructions(args, config, ckpt, reference, size, extractor, dev
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(entry.run(main))

@@ -28,15 +28,15 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ldm.inference import cli  # noqa: E402
-from ldm.inference.errors import UsageError  # noqa: E402
+from ldm.errors import UsageError  # noqa: E402
+from ldm.inference import entry  # noqa: E402  (torch-free: --help answers before torch loads)
 
 FORMATS = ("safetensors", "compvis", "diffusers")
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = cli.script_parser(__doc__)
-    cli.add_model_arguments(parser)
+    parser = entry.script_parser(__doc__)
+    entry.add_model_arguments(parser)
     for action in parser._actions:  # the shared model flags, worded for an export
         if action.dest == "ema":
             action.help = "export the EMA weights into model.* (default: when the checkpoint has them)"
@@ -94,6 +94,7 @@ def export_diffusers(args: argparse.Namespace, source) -> dict:
     import torch
 
     from ldm.files import staging_dir
+    from ldm.inference import cli
     from ldm.inference.devices import check_device
     from ldm.inference.loading import load_model
     from ldm.inference.model_info import describe_model
@@ -131,6 +132,7 @@ def export_diffusers(args: argparse.Namespace, source) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     args = get_parser().parse_args(argv)
     from ldm.checkpoint import load_checkpoint
+    from ldm.inference import cli
     from ldm.files import human_size
     from ldm.inference.loading import resolve_source
     from ldm.interop import compvis
@@ -175,4 +177,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(entry.run(main))

@@ -14,17 +14,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ldm.inference import cli  # noqa: E402
-from ldm.inference.generate import Outputs  # noqa: E402
-from ldm.inference.images import image_to_tensor, open_image  # noqa: E402
-from ldm.inference.validation import check_strength  # noqa: E402
+from ldm.inference import entry  # noqa: E402  (torch-free: --help answers before torch loads)
+
+if TYPE_CHECKING:
+    from ldm.inference.generate import Outputs
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = cli.generation_parser(__doc__, sampler="ddim", outdir="outputs/img2img-samples")
+    parser = entry.generation_parser(__doc__, sampler="ddim", outdir="outputs/img2img-samples")
     parser.add_argument("--init-img", required=True, metavar="PATH", help="the input image (RGB or grayscale)")
     parser.add_argument("--strength", type=float, default=0.75,
                         help="how much to change the input, in [0, 1]: 0 = the input back, 1 = ignore it "
@@ -34,6 +35,10 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> Outputs:
     args = get_parser().parse_args(argv)
+    from ldm.inference import cli
+    from ldm.inference.images import image_to_tensor, open_image
+    from ldm.inference.validation import check_strength
+
     strength = check_strength(args.strength)
     prep = cli.prepare(args)
     image = open_image(args.init_img, prep.info.channels, "--init-img")
@@ -44,4 +49,4 @@ def main(argv: list[str] | None = None) -> Outputs:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(entry.run(main))

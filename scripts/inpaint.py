@@ -19,41 +19,45 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ldm.inference import cli  # noqa: E402
-from ldm.inference.conditioning import (check_prompts, check_scale, empty_prompt_warnings,  # noqa: E402
-                                        guidance_pair, scale_warnings)
-from ldm.inference.devices import autocast  # noqa: E402
-from ldm.inference.errors import UsageError  # noqa: E402
-from ldm.inference.generate import Outputs  # noqa: E402
-from ldm.inference.images import to_pil  # noqa: E402
-from ldm.inference.inpainting import MODES, inpaint, input_pairs, load_pair, resolve_mode  # noqa: E402
-from ldm.inference.sampling import initial_noise  # noqa: E402
-from ldm.inference.task_outputs import (add_output_arguments, sampling_options, save_results,  # noqa: E402
-                                        settings_record)
-from ldm.inference.validation import read_prompts  # noqa: E402
+from ldm.errors import UsageError  # noqa: E402
+from ldm.inference import entry  # noqa: E402  (torch-free: --help answers before torch loads)
+
+if TYPE_CHECKING:
+    from ldm.inference.generate import Outputs
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = entry.script_parser(__doc__)
     group = parser.add_argument_group("inputs")
     group.add_argument("--image", help="the image to inpaint")
     group.add_argument("--mask", help="its mask: white = fill in, black = keep (same size as the image)")
     group.add_argument("--indir", help="a folder of <name>.png + <name>_mask.png pairs, instead of --image/--mask")
-    group.add_argument("--mode", choices=MODES, default="auto", help="concat: the model's inpainting input; guided: "
+    group.add_argument("--mode", choices=entry.INPAINT_MODES, default="auto", help="concat: the model's inpainting input; guided: "
                        "mask guidance of any unconditional / text / class model (default: auto, by the model)")
     group.add_argument("--prompt", default=None, help="caption or class for a guided text / class model")
-    cli.add_scale_argument(group, "5 for text models, 3 for class models, else 1")
-    add_output_arguments(group, "outputs/inpainting-results")
-    cli.add_model_arguments(parser)
-    cli.add_sampler_arguments(parser, sampler="ddim", steps=50)
+    entry.add_scale_argument(group, "5 for text models, 3 for class models, else 1")
+    entry.add_output_arguments(group, "outputs/inpainting-results")
+    entry.add_model_arguments(parser)
+    entry.add_sampler_arguments(parser, sampler="ddim", steps=50)
     return parser
 
 
 def main(argv: list[str] | None = None) -> Outputs:
     args = get_parser().parse_args(argv)
+    from ldm.inference import cli
+    from ldm.inference.conditioning import (check_prompts, check_scale, empty_prompt_warnings, guidance_pair,
+                                            scale_warnings)
+    from ldm.inference.devices import autocast
+    from ldm.inference.images import to_pil
+    from ldm.inference.inpainting import inpaint, input_pairs, load_pair, resolve_mode
+    from ldm.inference.sampling import initial_noise
+    from ldm.inference.task_outputs import sampling_options, save_results, settings_record
+    from ldm.inference.validation import read_prompts
+
     pairs = input_pairs(args.image, args.mask, args.indir)
     prep = cli.prepare(args)
     mode = resolve_mode(args.mode, prep.source.config, prep.info)
@@ -85,4 +89,4 @@ def main(argv: list[str] | None = None) -> Outputs:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(entry.run(main))

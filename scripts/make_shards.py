@@ -25,8 +25,7 @@ import tarfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ldm.data.captions import MISSING_CAPTIONS  # noqa: E402
-from ldm.data.shards import MANIFEST_NAME, count_samples, write_manifest  # noqa: E402
+from ldm.data.captions import MISSING_CAPTIONS  # noqa: E402  (torch-free: --help answers before torch loads)
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -50,6 +49,7 @@ def pack(src: str, out: str, shard_size: int, caption_key: str | None = None,
          missing_captions: str = "empty") -> dict:
     """Write the shards and the manifest; returns the manifest."""
     from ldm.data.image_folder import ImageFolder
+    from ldm.data.shards import MANIFEST_NAME, write_manifest
     from ldm.files import atomic_write
 
     if shard_size <= 0:
@@ -92,6 +92,8 @@ def pack(src: str, out: str, shard_size: int, caption_key: str | None = None,
 
 def index(shard_dir: str) -> dict:
     """Write SHARD_DIR/manifest.json for the *.tar already there (counts by reading them)."""
+    from ldm.data.shards import MANIFEST_NAME, count_samples, write_manifest
+
     names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(shard_dir), "*.tar")))
     if not names:
         raise FileNotFoundError(f"no .tar shards in {shard_dir}")
@@ -112,6 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.index and not args.out:
         parser.error("OUT is required (or --index DIR)")
     src = os.path.expanduser(args.dir)
+    from ldm.data.shards import MANIFEST_NAME
+
     try:
         if args.index:
             manifest = index(src)

@@ -16,14 +16,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ldm.inference import cli  # noqa: E402
-from ldm.inference.errors import UsageError  # noqa: E402
+from ldm.errors import UsageError  # noqa: E402
+from ldm.inference import entry  # noqa: E402  (torch-free: --help answers before torch loads)
 from ldm.trainer.plots import PLOTS_DIR, plot_run  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> list[str]:
     """Parse the arguments, write the plots, print their paths; returns them."""
-    parser = cli.script_parser(__doc__)
+    parser = entry.script_parser(__doc__)
     parser.add_argument("-r", "--resume", required=True, metavar="RUN", help="run folder (logs/<run>)")
     parser.add_argument("--out", default=None, help=f"output folder (default: <run>/{PLOTS_DIR})")
     args = parser.parse_args(argv)
@@ -40,4 +40,4 @@ def main(argv: list[str] | None = None) -> list[str]:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(entry.run(main))

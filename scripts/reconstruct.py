@@ -14,23 +14,26 @@ device's memory) fails before the model loads.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+from ldm.inference import entry  # noqa: E402  (torch-free: --help answers before torch loads)
 
-from ldm.eval.samples import reconstruct  # noqa: E402
-from ldm.inference import cli  # noqa: E402
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
 
 
 def grid_image(rows: list[torch.Tensor]) -> Image.Image:
     """Rows of B,C,H,W tensors in [-1, 1] stacked into one uint8 image (one row per tensor)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
     cols = [torch.cat(list(r.clamp(-1, 1)), dim=2) for r in rows]  # C,H,B*W
     full = torch.cat(cols, dim=1)
     array = ((full.permute(1, 2, 0).cpu().numpy() + 1.0) * 127.5).round().astype(np.uint8)
@@ -65,19 +68,23 @@ def image_metrics(x: torch.Tensor, rec: torch.Tensor, device: torch.device) -> d
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = entry.script_parser(__doc__)
     parser.add_argument("-r", "--resume", required=True, help="run folder (or a .ckpt inside its checkpoints/)")
     parser.add_argument("--n", type=int, default=8, help="number of validation images")
     parser.add_argument("--out", default=None, help="output PNG (default <run>/reconstructions.png)")
     parser.add_argument("--grid-n", type=int, default=16, help="images shown in the PNG (all --n are scored)")
     parser.add_argument("--json", default=None, help="also write the metrics to this JSON file")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=None, help="torch device (default: the first of cuda / mps / cpu)")
     args = parser.parse_args(argv)
+    import numpy as np
+    import torch
 
+    from ldm.eval.samples import reconstruct
     from ldm.inference.devices import check_device
     from ldm.inference.memory import autoencoder_batch_bytes, check_fits
     from ldm.inference.validation import check_output_file, check_positive
-    from ldm.trainer.runs import load_inference_model, run_config
+    from ldm.models.from_run import load_inference_model
+    from ldm.run_folder import run_config
     from ldm.util import instantiate_from_config
 
     check_positive(args.n, "--n")
@@ -117,4 +124,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(entry.run(main))

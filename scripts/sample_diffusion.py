@@ -15,32 +15,32 @@ import argparse
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ldm.inference import cli  # noqa: E402
-from ldm.inference.conditioning import check_scale, scale_warnings  # noqa: E402
-from ldm.inference.eval_samples import (EvalSettings, check_classes, check_model, claim_folder,  # noqa: E402
-                                        sample_folder)
-from ldm.inference.validation import check_outdir, check_positive, check_size  # noqa: E402
+from ldm.inference import entry  # noqa: E402  (torch-free: --help answers before torch loads)
+
+if TYPE_CHECKING:
+    from ldm.inference.cli import Prepared
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = cli.script_parser(__doc__)
-    cli.add_model_arguments(parser)
-    cli.add_sampler_arguments(parser, sampler="ddim", steps=50)
+    parser = entry.script_parser(__doc__)
+    entry.add_model_arguments(parser)
+    entry.add_sampler_arguments(parser, sampler="ddim", steps=50)
     group = parser.add_argument_group("samples")
     group.add_argument("-n", "--n_samples", type=int, default=50, help="total number of images (default: 50)")
     group.add_argument("--batch_size", type=int, default=10, help="images per batch (default: 10)")
     group.add_argument("--classes", type=int, nargs="+", default=None, metavar="LABEL",
                        help="class labels to cycle through (class-conditional models; default: all classes)")
-    cli.add_scale_argument(group, "1")
+    entry.add_scale_argument(group, "1")
     group.add_argument("--outdir", default=None, help="output folder (default: <run>/samples/<checkpoint>_<sampler>"
                        "_<steps>_scale<scale>_seed<seed>; the same folder resumes)")
     return parser
 
 
-def default_outdir(prep: cli.Prepared, args: argparse.Namespace, scale: float) -> str:
+def default_outdir(prep: Prepared, args: argparse.Namespace, scale: float) -> str:
     """A folder named after the settings, inside the run folder (or outputs/), so reruns resume there."""
     stem = os.path.splitext(os.path.basename(prep.source.ckpt))[0]
     root = os.path.join(prep.source.logdir, "samples") if prep.source.logdir else os.path.join("outputs", "samples")
@@ -50,6 +50,11 @@ def default_outdir(prep: cli.Prepared, args: argparse.Namespace, scale: float) -
 
 def main(argv: list[str] | None = None) -> dict:
     args = get_parser().parse_args(argv)
+    from ldm.inference import cli
+    from ldm.inference.conditioning import check_scale, scale_warnings
+    from ldm.inference.eval_samples import EvalSettings, check_classes, check_model, claim_folder, sample_folder
+    from ldm.inference.validation import check_outdir, check_positive, check_size
+
     check_positive(args.n_samples, "-n/--n_samples")
     check_positive(args.batch_size, "--batch_size")
     prep = cli.prepare(args)
@@ -74,4 +79,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(entry.run(main))

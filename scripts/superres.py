@@ -16,32 +16,36 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from PIL import Image  # noqa: E402
+from ldm.inference import entry  # noqa: E402  (torch-free: --help answers before torch loads)
 
-from ldm.inference import cli  # noqa: E402
-from ldm.inference.devices import autocast  # noqa: E402
-from ldm.inference.generate import Outputs  # noqa: E402
-from ldm.inference.images import image_to_tensor, open_image, to_pil  # noqa: E402
-from ldm.inference.sampling import initial_noise  # noqa: E402
-from ldm.inference.superres import check_lr_size, lr_to_latent_scale, upscale  # noqa: E402
-from ldm.inference.task_outputs import (add_output_arguments, list_images, sampling_options,  # noqa: E402
-                                        save_results, settings_record)
+if TYPE_CHECKING:
+    from ldm.inference.generate import Outputs
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = entry.script_parser(__doc__)
     parser.add_argument("--input", required=True, help="a low-resolution image, or a folder of them")
-    add_output_arguments(parser, "outputs/superres-results")
-    cli.add_model_arguments(parser)
-    cli.add_sampler_arguments(parser, sampler="ddim", steps=100)
+    entry.add_output_arguments(parser, "outputs/superres-results")
+    entry.add_model_arguments(parser)
+    entry.add_sampler_arguments(parser, sampler="ddim", steps=100)
     return parser
 
 
 def main(argv: list[str] | None = None) -> Outputs:
     args = get_parser().parse_args(argv)
+    from PIL import Image
+
+    from ldm.inference import cli
+    from ldm.inference.devices import autocast
+    from ldm.inference.images import image_to_tensor, open_image, to_pil
+    from ldm.inference.sampling import initial_noise
+    from ldm.inference.superres import check_lr_size, lr_to_latent_scale, upscale
+    from ldm.inference.task_outputs import list_images, sampling_options, save_results, settings_record
+
     files = list_images(args.input, "--input")
     prep = cli.prepare(args)
     scale = lr_to_latent_scale(prep.source.config)
@@ -67,4 +71,4 @@ def main(argv: list[str] | None = None) -> Outputs:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(entry.run(main))

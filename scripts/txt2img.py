@@ -15,23 +15,28 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ldm.inference import cli  # noqa: E402
-from ldm.inference.generate import Outputs  # noqa: E402
+from ldm.inference import entry  # noqa: E402  (torch-free: --help answers before torch loads)
+
+if TYPE_CHECKING:
+    from ldm.inference.generate import Outputs
 
 
 def get_parser() -> argparse.ArgumentParser:
-    return cli.generation_parser(__doc__, sampler="dpmpp_2m", outdir="outputs/txt2img-samples")
+    return entry.generation_parser(__doc__, sampler="dpmpp_2m", outdir="outputs/txt2img-samples")
 
 
 def main(argv: list[str] | None = None) -> Outputs:
     args = get_parser().parse_args(argv)
+    from ldm.inference import cli
+
     prep = cli.prepare(args)
     prompts, values, settings = cli.generation_settings(args, prep)
     return cli.generate_and_report(prep, args, prompts, values, settings)
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(entry.run(main))

@@ -5,7 +5,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ldm.trainer.runs import INFERENCE_LOSS, inference_model_config
+from ldm.models.from_run import INFERENCE_LOSS, inference_model_config
 from ldm.util import ConfigError, instantiate_from_config, resolve_target
 
 # Collected from the 20 original latent-diffusion configs and SD v1-inference.yaml (model, loss, scheduler,

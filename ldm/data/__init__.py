@@ -1,19 +1,22 @@
-"""Datasets (image folder, bundled sample photos), the shared image transform, and the config-built DataModule."""
+"""Datasets (image folder, bundled sample photos), the shared image transform, and the config-built DataModule.
 
-from ldm.data.base import BadImageWarning, SkipCounter, skipped_count
-from ldm.data.image_folder import ImageFolder
-from ldm.data.sample_photos import SamplePhotos
-from ldm.data.transforms import ImageTransform, load_image, to_float_array, to_rgb, to_uint8
+The names below are imported on first use, so a light submodule (e.g. `ldm.data.captions`, read by
+scripts/make_shards.py before its arguments are parsed) loads without torch, and datasets stay light in workers.
+"""
 
-__all__ = ["BadImageWarning", "DataModuleFromConfig", "ImageFolder", "ImageTransform", "SamplePhotos", "SkipCounter",
-           "WrappedDataset", "load_image", "skipped_count", "to_float_array", "to_rgb", "to_uint8"]
+import importlib
 
-_LAZY = {"DataModuleFromConfig": "ldm.data.datamodule", "WrappedDataset": "ldm.data.datamodule"}
+_LAZY = {"BadImageWarning": "ldm.data.skipped_images", "SkipCounter": "ldm.data.skipped_images", "skipped_count": "ldm.data.skipped_images",
+         "ImageFolder": "ldm.data.image_folder", "SamplePhotos": "ldm.data.sample_photos",
+         "ImageTransform": "ldm.data.transforms", "load_image": "ldm.data.transforms",
+         "to_float_array": "ldm.data.transforms", "to_rgb": "ldm.data.transforms", "to_uint8": "ldm.data.transforms",
+         "DataModuleFromConfig": "ldm.data.datamodule", "WrappedDataset": "ldm.data.datamodule"}
+
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name):
-    """Import the Lightning-based DataModule only when asked for, so datasets stay light to import (e.g. in workers)."""
+    """The public name `name`, imported from its module on first use."""
     if name in _LAZY:
-        import importlib
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'ldm.data' has no attribute '{name}'")

@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from ldm.data.base import skipped_count
+from ldm.data.skipped_images import skipped_count
 from ldm.data.buckets import BucketDataLoader
 from ldm.data.resumable import ResumableDataLoader, run_seed
 from ldm.util import ConfigError, get_obj_from_str, instantiate_from_config
@@ -47,6 +47,19 @@ def default_num_workers(batch_size: int) -> int:
     return min(batch_size * 2, os.cpu_count() or 1)
 
 
+def split_latent_cache(config: Any) -> tuple[Any, Any]:
+    """(the dataset config without `params.latent_cache`, the cache folder or None): a split with
+    `latent_cache: DIR` reads the cache written from that dataset (ldm.data.latent_cache) instead of its images."""
+    params = config.get("params") if hasattr(config, "get") else None
+    if params is None or params.get("latent_cache") is None:
+        return config, None
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.to_container(config, resolve=True) if OmegaConf.is_config(config) else dict(config)
+    plain["params"] = dict(plain["params"])
+    return plain, plain["params"].pop("latent_cache")
+
+
 class DataModuleFromConfig(pl.LightningDataModule):
     """Builds the train / validation / test / predict datasets from `{target, params}` configs and serves loaders.
 
@@ -57,6 +70,8 @@ class DataModuleFromConfig(pl.LightningDataModule):
     augmentations depend only on the run's seed, and a run interrupted mid-epoch resumes at the same batch.
     A dataset with aspect-ratio buckets (`bucket_sizes`, e.g. ImageFolder's `buckets`) gets a BucketDataLoader:
     one bucket per batch, resumable in the same way; a streamed one (ShardDataset's `buckets`) batches itself.
+    A dataset config with `params.latent_cache: DIR` serves that latent cache (checked against the config's
+    dataset) instead of decoding images: see ldm.data.latent_cache.
     """
 
     def __init__(self, batch_size: int, train: Any = None, validation: Any = None, test: Any = None,
@@ -103,7 +118,13 @@ class DataModuleFromConfig(pl.LightningDataModule):
     def _build(self, key: str) -> Dataset:
         """Instantiate (once) the dataset of `data.params.<key>`."""
         if key not in self.datasets:
-            dataset = instantiate_from_config(self.dataset_configs[key], key_path=f"data.params.{key}")
+            config, cache = split_latent_cache(self.dataset_configs[key])
+            dataset = instantiate_from_config(config, key_path=f"data.params.{key}")
+            if cache is not None:
+                from ldm.data.latent_cache import CachedLatentDataset
+
+                # the configured dataset is only scanned, to check that the cache was made from it
+                dataset = CachedLatentDataset(str(cache), source=dataset, training=key == "train")
             self.datasets[key] = WrappedDataset(dataset) if self.wrap else dataset
         return self.datasets[key]
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ldm.data.base import BadImageWarning, SkipCounter
+from ldm.data.skipped_images import BadImageWarning, SkipCounter
 from ldm.data.buckets import decode_side, nearest_bucket, parse_buckets
 from ldm.data.captions import MISSING_CAPTIONS, caption_field, caption_list, choose_caption
 from ldm.data.transforms import ImageTransform, load_image

@@ -60,7 +60,7 @@ from webdataset.gopen import gopen
 from webdataset.shardlists import expand_urls as wds_expand_urls
 from webdataset.tariterators import base_plus_ext
 
-from ldm.data.base import BadImageWarning, SkipCounter
+from ldm.data.skipped_images import BadImageWarning, SkipCounter
 from ldm.data.buckets import batches_by_shape, decode_side, nearest_bucket, parse_buckets
 from ldm.data.captions import caption_field, caption_list, choose_caption
 from ldm.data.image_folder import DEFAULT_EXTENSIONS, SPLITS, UnreadableImagesError

@@ -16,8 +16,6 @@ import torch
 from ldm.diffusion.noise import randn_like
 from ldm.diffusion.schedule import DiffusionSchedule, extract_into_tensor
 
-PARAMETERIZATIONS = ("eps", "x0", "v")
-
 ModelFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 
 
@@ -55,28 +53,119 @@ def eps_from_v(x_t: torch.Tensor, v: torch.Tensor, sqrt_abar, sqrt_1m_abar) -> t
     return sqrt_abar * v + sqrt_1m_abar * x_t
 
 
-def output_to_eps_x0(parameterization: str, x_t: torch.Tensor, out: torch.Tensor, sqrt_abar,
+class Parameterization:
+    """What the network predicts (eps, x0 or v): its regression target, the conversion of its output to (eps, x0),
+    the original's VLB weights for it, and how a loss weight given in eps space reads in its own loss space.
+
+    `sqrt_abar` / `sqrt_1m_abar` are the coefficients at each sample's step, broadcastable to x. Adding a
+    parameterization (e.g. EDM's F_theta) is one subclass registered in `PARAMETERIZATION_TYPES`.
+    """
+
+    name = ""
+
+    def target(self, x0: torch.Tensor, eps: torch.Tensor, sqrt_abar, sqrt_1m_abar) -> torch.Tensor:
+        """What the network should output for the pair (x0, eps)."""
+        raise NotImplementedError
+
+    def to_eps_x0(self, x_t: torch.Tensor, out: torch.Tensor, sqrt_abar,
+                  sqrt_1m_abar) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eps, x0) implied by the raw output `out` at x_t."""
+        raise NotImplementedError
+
+    def vlb_weights(self, schedule: DiffusionSchedule) -> torch.Tensor:
+        """Per-step weights that turn this parameterization's squared error into the VLB term L_{t-1} (original)."""
+        raise NotImplementedError
+
+    def from_eps_weight(self, weight: torch.Tensor, snr: torch.Tensor) -> torch.Tensor:
+        """A per-sample weight on the eps-space error, as a weight on this parameterization's error (the errors
+        relate by |x0 error|^2 = |eps error|^2 / SNR and |v error|^2 = |eps error|^2 (SNR + 1) / SNR)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class EpsPrediction(Parameterization):
+    """The network predicts the noise eps (Ho et al. 2020, eq. 14); L_simple is the eps error."""
+
+    name = "eps"
+
+    def target(self, x0, eps, sqrt_abar, sqrt_1m_abar):
+        return eps
+
+    def to_eps_x0(self, x_t, out, sqrt_abar, sqrt_1m_abar):
+        return out, x0_from_eps(x_t, out, sqrt_abar, sqrt_1m_abar)
+
+    def vlb_weights(self, schedule):
+        """beta^2 / (2 sigma_t^2 alpha_t (1 - abar_t)) (Ho et al. 2020, eq. 12)."""
+        betas = schedule.betas
+        return betas ** 2 / (2 * schedule.posterior_variance * (1 - betas) * (1 - schedule.alphas_cumprod))
+
+    def from_eps_weight(self, weight, snr):
+        return weight
+
+
+class X0Prediction(Parameterization):
+    """The network predicts the clean sample x0."""
+
+    name = "x0"
+
+    def target(self, x0, eps, sqrt_abar, sqrt_1m_abar):
+        return x0
+
+    def to_eps_x0(self, x_t, out, sqrt_abar, sqrt_1m_abar):
+        return eps_from_x0(x_t, out, sqrt_abar, sqrt_1m_abar), out
+
+    def vlb_weights(self, schedule):
+        """0.5 sqrt(abar) / (2 - abar): the original's expression as written (`2. * 1 - abar`)."""
+        abar = schedule.alphas_cumprod
+        return 0.5 * abar.sqrt() / (2.0 * 1 - abar)
+
+    def from_eps_weight(self, weight, snr):
+        return weight * snr
+
+
+class VPrediction(Parameterization):
+    """The network predicts v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho 2022, sec. 4)."""
+
+    name = "v"
+
+    def target(self, x0, eps, sqrt_abar, sqrt_1m_abar):
+        return v_from_x0_eps(x0, eps, sqrt_abar, sqrt_1m_abar)
+
+    def to_eps_x0(self, x_t, out, sqrt_abar, sqrt_1m_abar):
+        return eps_from_v(x_t, out, sqrt_abar, sqrt_1m_abar), x0_from_v(x_t, out, sqrt_abar, sqrt_1m_abar)
+
+    def vlb_weights(self, schedule):
+        """Ones, as the original."""
+        return torch.ones_like(schedule.betas)
+
+    def from_eps_weight(self, weight, snr):
+        return weight * snr / (snr + 1)
+
+
+PARAMETERIZATION_TYPES: dict[str, type[Parameterization]] = {
+    cls.name: cls for cls in (EpsPrediction, X0Prediction, VPrediction)}
+PARAMETERIZATIONS = tuple(PARAMETERIZATION_TYPES)
+
+
+def get_parameterization(which: str | Parameterization) -> Parameterization:
+    """The Parameterization named `which` (eps, x0, v); an instance passes through."""
+    if isinstance(which, Parameterization):
+        return which
+    return PARAMETERIZATION_TYPES[check_parameterization(which)]()
+
+
+def output_to_eps_x0(parameterization: str | Parameterization, x_t: torch.Tensor, out: torch.Tensor, sqrt_abar,
                      sqrt_1m_abar) -> tuple[torch.Tensor, torch.Tensor]:
     """Turn a raw model output of the given parameterization into the pair (eps, x0) at x_t."""
-    if parameterization == "eps":
-        return out, x0_from_eps(x_t, out, sqrt_abar, sqrt_1m_abar)
-    if parameterization == "x0":
-        return eps_from_x0(x_t, out, sqrt_abar, sqrt_1m_abar), out
-    if parameterization == "v":
-        return eps_from_v(x_t, out, sqrt_abar, sqrt_1m_abar), x0_from_v(x_t, out, sqrt_abar, sqrt_1m_abar)
-    return check_parameterization(parameterization)  # raises
+    return get_parameterization(parameterization).to_eps_x0(x_t, out, sqrt_abar, sqrt_1m_abar)
 
 
-def target_from_x0_eps(parameterization: str, x0: torch.Tensor, eps: torch.Tensor, sqrt_abar,
+def target_from_x0_eps(parameterization: str | Parameterization, x0: torch.Tensor, eps: torch.Tensor, sqrt_abar,
                        sqrt_1m_abar) -> torch.Tensor:
     """What a model of the given parameterization should output for (x0, eps): eps, x0 or v."""
-    if parameterization == "eps":
-        return eps
-    if parameterization == "x0":
-        return x0
-    if parameterization == "v":
-        return v_from_x0_eps(x0, eps, sqrt_abar, sqrt_1m_abar)
-    return check_parameterization(parameterization)  # raises
+    return get_parameterization(parameterization).target(x0, eps, sqrt_abar, sqrt_1m_abar)
 
 
 # ---- the same at integer timesteps, with the original method names ---------------------------------------------
@@ -179,10 +268,12 @@ def t_to_sigma(t: torch.Tensor, log_sigmas: torch.Tensor) -> torch.Tensor:
 class Denoiser:
     """Wraps `model_fn(x_t, t, cond) -> raw output` (eps, x0 or v) so samplers always get (eps, x0)."""
 
-    def __init__(self, model_fn: ModelFn, schedule: DiffusionSchedule, parameterization: str = "eps"):
+    def __init__(self, model_fn: ModelFn, schedule: DiffusionSchedule,
+                 parameterization: str | Parameterization = "eps"):
         self.model_fn = model_fn
         self.schedule = as_schedule(schedule)
-        self.parameterization = check_parameterization(parameterization)
+        self.prediction = get_parameterization(parameterization)
+        self.parameterization = self.prediction.name
         self._tables: dict[tuple, tuple[torch.Tensor, ...]] = {}
 
     def tables(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,7 +301,7 @@ class Denoiser:
         if out.shape != x.shape:
             raise ValueError(f"model output has shape {tuple(out.shape)} but x_t has shape {tuple(x.shape)}")
         out = out.to(x.dtype)  # the sampler state keeps x_T's dtype even if the model runs under autocast
-        return output_to_eps_x0(self.parameterization, x, out, sqrt_abar[t].view(view), sqrt_1m[t].view(view))
+        return self.prediction.to_eps_x0(x, out, sqrt_abar[t].view(view), sqrt_1m[t].view(view))
 
     def denoise_sigma(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any = None,
                       quantize: bool = False) -> torch.Tensor:
@@ -227,7 +318,7 @@ class Denoiser:
         t = t.round().long() if quantize else t
         x_t = x * c_in.view(view)
         out = self.model_fn(x_t, t, cond).to(x.dtype)
-        _, x0 = output_to_eps_x0(self.parameterization, x_t, out, c_in.view(view), (sigma * c_in).view(view))
+        _, x0 = self.prediction.to_eps_x0(x_t, out, c_in.view(view), (sigma * c_in).view(view))
         return x0
 
 

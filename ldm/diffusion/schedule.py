@@ -118,6 +118,20 @@ class DiffusionSchedule:
             raise ValueError(f"{type(module).__name__} has no `betas` buffer; call register_schedule on it first")
         return cls(betas, v_posterior=getattr(module, "v_posterior", 0.0))
 
+    @classmethod
+    def view_of(cls, module: torch.nn.Module) -> DiffusionSchedule:
+        """The module's registered buffers as a schedule, without copies (float32, on the module's device): what a
+        training step reads, with no host transfer. Carries the module's `lvlb_weights` table when it has one."""
+        missing = [name for name in SCHEDULE_BUFFER_NAMES if not isinstance(getattr(module, name, None), torch.Tensor)]
+        if missing:
+            raise ValueError(f"{type(module).__name__} lacks the schedule buffers {missing}; call register_schedule")
+        view = object.__new__(cls)
+        view.v_posterior = float(getattr(module, "v_posterior", 0.0))
+        for name in (*SCHEDULE_BUFFER_NAMES, "lvlb_weights"):
+            if isinstance(getattr(module, name, None), torch.Tensor):
+                view.__dict__[name] = getattr(module, name)
+        return view
+
     def _set_from_betas(self, betas: torch.Tensor) -> None:
         """Compute all buffers from float64 betas, with the original's formulas."""
         alphas = 1.0 - betas

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ldm.data import shapes
-from ldm.inference.errors import UsageError
+from ldm.errors import UsageError
 from ldm.inference.model_info import ModelInfo
 
 # Guidance scale when --scale is not given, by conditioning kind (1 = no guidance).

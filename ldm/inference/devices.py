@@ -6,12 +6,10 @@ import contextlib
 
 import torch
 
-from ldm.inference.errors import UsageError
+from ldm.errors import UsageError
+from ldm.inference.entry import PRECISIONS
 from ldm.precision import warn_if_slow_bf16
 
-# --precision choices: fp32 (full; "full" is the CompVis name), bf16 / fp16 autocast, or autocast in the device's
-# usual half type (fp16 on CUDA and MPS, bf16 on the CPU).
-PRECISIONS = ("fp32", "full", "autocast", "bf16", "fp16")
 HALF_TYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

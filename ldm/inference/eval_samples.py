@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ldm.inference.errors import UsageError
+from ldm.errors import UsageError
 from ldm.inference.files import atomic_write, numbered_indices, numbered_name
 from ldm.inference.generate import Settings, batch_samples, settings_record
 from ldm.inference.images import save_png, to_pil

@@ -13,7 +13,7 @@ from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from ldm.data.transforms import to_float_array, to_rgb
 from ldm.data.transforms import to_uint8 as hwc_to_uint8
-from ldm.inference.errors import UsageError
+from ldm.errors import UsageError
 from ldm.inference.files import atomic_write
 
 # PNG text chunk holding the generation settings as JSON (prompt, seed, sampler, ...).

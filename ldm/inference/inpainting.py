@@ -1,9 +1,9 @@
 """Inpainting for scripts/inpaint.py: input pairs, which way a model inpaints (checked from its config), and one image.
 
-Two ways (`MODES`): "concat" for concat inpainting models (`LatentInpaintDiffusion`, or an original-style
-LatentDiffusion, see `ldm.models.diffusion.inpainting`): the UNet sees the masked image and the mask. "guided" for
-any other unconditional, text or class model: the samplers' `mask` / `x0` arguments re-impose the known latents
-(noised to the current level) before every step and exactly at the end. Either way the result is the input outside
+Two ways (`INPAINT_MODES`; "auto" picks by the model): "concat" for concat inpainting models
+(`LatentInpaintDiffusion`, or an original-style LatentDiffusion, see `ldm.models.diffusion.inpainting`): the UNet
+sees the masked image and the mask. "guided" for any other unconditional, text or class model: the samplers' `mask` /
+`x0` arguments re-impose the known latents (noised to the current level) before every step and exactly at the end. Either way the result is the input outside
 the hole and the decoded sample inside it, as the original scripts/inpaint.py.
 """
 
@@ -20,8 +20,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ldm.data.masks import apply_mask
+from ldm.errors import UsageError
 from ldm.inference.codec import decode_latents, encode_images
-from ldm.inference.errors import UsageError
+from ldm.inference.entry import INPAINT_MODES
 from ldm.inference.images import image_to_tensor, open_image
 from ldm.inference.model_info import ModelInfo
 from ldm.inference.sampling import sample
@@ -31,7 +32,6 @@ from ldm.models.diffusion.inpainting import (LatentInpaintDiffusion, inpainting_
                                              latent_mask)
 from ldm.util import get_obj_from_str
 
-MODES = ("auto", "concat", "guided")
 # `<name>_mask.png` next to `<name>.png` in an input folder (the original scripts/inpaint.py layout).
 MASK_SUFFIX = "_mask.png"
 IMAGE_SUFFIX = ".png"
@@ -102,8 +102,8 @@ def is_concat_model(config: DictConfig | Mapping[str, Any]) -> bool:
 
 def resolve_mode(mode: str, config: DictConfig | Mapping[str, Any], info: ModelInfo) -> str:
     """--mode auto/concat/guided checked against the model: "concat" or "guided" (UsageError when it cannot)."""
-    if mode not in MODES:
-        raise UsageError(f"--mode: {mode!r} is not one of {', '.join(MODES)}")
+    if mode not in INPAINT_MODES:
+        raise UsageError(f"--mode: {mode!r} is not one of {', '.join(INPAINT_MODES)}")
     if is_concat_model(config):
         if mode == "guided":
             raise UsageError("--mode guided: this is a concat inpainting model (its UNet takes the masked image and "

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ldm.inference.errors import UsageError
-from ldm.trainer.runs import load_inference_model, run_config, run_logdir
+from ldm.errors import UsageError
+from ldm.models.from_run import load_inference_model
+from ldm.run_folder import run_config, run_logdir
 from ldm.util import load_configs
 
 
@@ -70,5 +71,5 @@ def _diffusers_source(folder: str) -> ModelSource:
 
 def load_model(source: ModelSource, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Build the model without its training losses, load the checkpoint (weights_only), move it, eval mode
-    (`ldm.trainer.runs.load_inference_model`)."""
+    (`ldm.models.from_run.load_inference_model`)."""
     return load_inference_model(source.config, source.ckpt, device)

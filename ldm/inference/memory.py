@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ldm.inference.errors import UsageError
+from ldm.errors import UsageError
 from ldm.inference.model_info import ModelInfo
 
 LATENT_COPIES = 6  # noise, sampler state, model output, denoised estimate, multistep history

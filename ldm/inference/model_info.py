@@ -12,8 +12,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ldm.inference.errors import UsageError
-from ldm.models.diffusion.base import DDPM
+from ldm.errors import UsageError
+from ldm.models.diffusion.denoising_diffusion import DDPM
 from ldm.models.diffusion.conditioning import CLASS_KEY, FIRST_STAGE, UNCONDITIONAL
 from ldm.modules.diffusionmodules.openaimodel import UNetModel
 from ldm.modules.encoders.modules import ClassEmbedder

@@ -1,5 +1,5 @@
 """Running a registered sampler on a loaded model: per-image seeded noise, a tqdm progress bar through the sampler's
-`callback`, EMA choice, and img2img (`x_init` / `strength`, see `ldm.diffusion.samplers.base`)."""
+`callback`, EMA choice, and img2img (`x_init` / `strength`, see `ldm.diffusion.samplers.timesteps`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 from ldm.diffusion.samplers import get_sampler
-from ldm.diffusion.samplers.base import StepCallback, announce_steps, strength_steps
+from ldm.diffusion.samplers.reporting import StepCallback, announce_steps
+from ldm.diffusion.samplers.timesteps import strength_steps
 
 
 def image_seed(seed: int, index: int) -> int:

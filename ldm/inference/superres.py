@@ -16,8 +16,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ldm.data.degradation import LR_KEY
+from ldm.errors import UsageError
 from ldm.inference.codec import decode_latents
-from ldm.inference.errors import UsageError
 from ldm.inference.model_info import ModelInfo
 from ldm.inference.sampling import sample
 from ldm.modules.encoders.modules import IdentityEncoder, SpatialRescaler

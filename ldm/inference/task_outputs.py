@@ -12,7 +12,7 @@ from typing import Any
 from PIL import Image
 
 from ldm.data.image_folder import DEFAULT_EXTENSIONS
-from ldm.inference.errors import UsageError
+from ldm.errors import UsageError
 from ldm.inference.files import next_index, numbered_name
 from ldm.inference.generate import Outputs, sampler_generator
 from ldm.inference.images import image_grid, save_png
@@ -55,12 +55,6 @@ def save_results(outdir: str, results: Sequence[tuple[str, Image.Image, Mapping[
         name = numbered_name(next_index(outdir, prefix=GRID_PREFIX), 4, prefix=GRID_PREFIX)
         grid_path = save_png(image_grid(cells, len(rows[0])), os.path.join(outdir, name), grid_metadata)
     return Outputs(paths, grid_path)
-
-
-def add_output_arguments(parser: argparse.ArgumentParser, outdir: str) -> None:
-    """--outdir and --no-grid."""
-    parser.add_argument("--outdir", default=outdir, help=f"output folder (default: {outdir})")
-    parser.add_argument("--no-grid", dest="grid", action="store_false", help="do not write the grid image")
 
 
 def settings_record(args: argparse.Namespace, prep: Any, **extra: Any) -> dict[str, Any]:

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 
 from ldm.diffusion.samplers import available_samplers, get_sampler
-from ldm.diffusion.samplers.base import check_strength as sampler_strength
+from ldm.diffusion.samplers.timesteps import check_strength as sampler_strength
 from ldm.diffusion.schedule import DiffusionSchedule
-from ldm.inference.errors import UsageError
+from ldm.errors import UsageError
 
 
 def check_sampler(name: str) -> str:

@@ -30,9 +30,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from ldm.checkpoint import CheckpointError, atomic_save, extract_state_dict
 from ldm.files import atomic_write
+from ldm.interop.safe_checkpoint import unshare
+from ldm.models.from_run import INFERENCE_LOSS
 from ldm.modules.ema import RESERVED_BUFFERS, shadow_name
-from ldm.trainer.cli import COMPVIS_CKPT, COMPVIS_CONFIG  # noqa: F401  (the original release layout)
-from ldm.trainer.runs import INFERENCE_LOSS
+from ldm.run_folder import COMPVIS_CKPT, COMPVIS_CONFIG  # noqa: F401  (the original release layout)
 from ldm.util import ConfigError, resolve_target
 
 FORMAT_VERSION = 1
@@ -237,8 +238,8 @@ def _rewrite(node: dict[str, Any], path: str, report: CompatReport) -> type:
 
 
 def _model_kind(cls: type) -> str:
-    from ldm.models.autoencoders.base import AdversarialAutoencoder
-    from ldm.models.diffusion.base import DDPM
+    from ldm.models.autoencoders.adversarial import AdversarialAutoencoder
+    from ldm.models.diffusion.denoising_diffusion import DDPM
 
     if issubclass(cls, DDPM):
         return "diffusion"
@@ -351,25 +352,12 @@ def safetensors_metadata(export: Export, source_sha256: str) -> dict[str, str]:
             META_EMA: json.dumps(export.ema), META_COMPATIBLE: json.dumps(export.report.compatible)}
 
 
-def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Contiguous tensors that own their storage (safetensors refuses aliases and views); copies only those."""
-    seen, out = set(), {}
-    for key, value in state.items():
-        value = value.detach().contiguous()
-        storage = value.untyped_storage()
-        if storage.data_ptr() in seen or storage.nbytes() != value.numel() * value.element_size():
-            value = value.clone()
-        seen.add(value.untyped_storage().data_ptr())
-        out[key] = value
-    return out
-
-
 def write_safetensors(path: str, export: Export, source_sha256: str) -> tuple[str, str]:
     """Write `path` (.safetensors) and the config beside it (`<name>.yaml`), both atomically; returns both paths."""
     from safetensors.torch import save
 
     yaml_path = path[: -len(".safetensors")] + ".yaml"
-    data = save(_unshared(export.state_dict), metadata=safetensors_metadata(export, source_sha256))
+    data = save(unshare(export.state_dict)[0], metadata=safetensors_metadata(export, source_sha256))
     atomic_write(path, lambda f: f.write(data), expected_bytes=len(data))
     atomic_write(yaml_path, lambda f: f.write(export.yaml().encode()))
     return path, yaml_path

@@ -91,7 +91,7 @@ def export_diffusers(model: torch.nn.Module, config: Any, out_dir: str, dtype: t
                      use_ema: bool = True) -> list[str]:
     """Write `model` (LatentDiffusion, pixel DDPM, AutoencoderKL or VQModel; `config` its merged config) as a
     diffusers folder at `out_dir` (must not exist or be empty); returns warnings for the user."""
-    from ldm.models.autoencoders.base import AdversarialAutoencoder
+    from ldm.models.autoencoders.adversarial import AdversarialAutoencoder
 
     section = _model_section(config)
     out_dir = os.path.abspath(out_dir)

@@ -9,7 +9,7 @@ from typing import Any
 import pytorch_lightning as pl
 from torch.utils.data import IterableDataset
 
-from ldm.trainer.cli import UsageError
+from ldm.errors import UsageError
 
 
 def check_writable_logdir(logdir: str) -> None:

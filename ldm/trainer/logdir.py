@@ -80,7 +80,7 @@ def new_logdir(root: str, name: str) -> str:
     return candidate
 
 
-def handed_over() -> tuple[str, str] | None:
+def logdir_from_rank_zero() -> tuple[str, str] | None:
     """(logdir, now) chosen by rank 0 and passed through the environment, or None in the launching process."""
     logdir = os.environ.get(LOGDIR_ENV)
     if not logdir:
@@ -90,7 +90,8 @@ def handed_over() -> tuple[str, str] | None:
 
 def launched_processes() -> int:
     """How many processes an external launcher started for this run: torchrun's WORLD_SIZE, srun's
-    SLURM_STEP_NUM_TASKS (1 when main.py starts its own DDP ranks, which get the folder through `hand_over`)."""
+    SLURM_STEP_NUM_TASKS (1 when main.py starts its own DDP ranks, which get the folder through
+    `export_logdir_to_ranks`)."""
     counts = []
     for key in ("WORLD_SIZE", "SLURM_STEP_NUM_TASKS"):
         try:
@@ -104,7 +105,7 @@ def choose_logdir(root: str, name: str | None = None, postfix: str = "", base: l
                   resume_logdir: str | None = None) -> tuple[str, str]:
     """(logdir, now): the resumed run's folder, the one rank 0 handed over (DDP ranks > 0), or a new
     `root/<now>_<name><postfix>` (see `run_name`)."""
-    handed = handed_over()
+    handed = logdir_from_rank_zero()
     now = handed[1] if handed else timestamp()
     if resume_logdir is not None:
         return resume_logdir, now
@@ -123,7 +124,7 @@ def remove_if_unused(paths: "RunPaths", batches_trained: int) -> bool:
     return True
 
 
-def hand_over(logdir: str, now: str) -> dict[str, str | None]:
+def export_logdir_to_ranks(logdir: str, now: str) -> dict[str, str | None]:
     """Export the run folder for processes started later (DDP ranks); returns the previous values for `restore_env`."""
     previous = {LOGDIR_ENV: os.environ.get(LOGDIR_ENV), NOW_ENV: os.environ.get(NOW_ENV)}
     os.environ[LOGDIR_ENV] = logdir
@@ -132,7 +133,7 @@ def hand_over(logdir: str, now: str) -> dict[str, str | None]:
 
 
 def restore_env(previous: dict[str, str | None]) -> None:
-    """Undo `hand_over` (so a second run in the same process picks a new folder)."""
+    """Undo `export_logdir_to_ranks` (so a second run in the same process picks a new folder)."""
     for key, value in previous.items():
         if value is None:
             os.environ.pop(key, None)

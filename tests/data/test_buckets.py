@@ -9,7 +9,7 @@ from PIL import Image
 
 from ldm.data.buckets import (BucketBatchSampler, BucketDataLoader, check_bucket_multiple, make_buckets,
                               nearest_bucket)
-from ldm.data.base import BadImageWarning
+from ldm.data.skipped_images import BadImageWarning
 from ldm.data.datamodule import DataModuleFromConfig
 from ldm.data.image_folder import ImageFolder
 from ldm.util import ConfigError

@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
-from ldm.data.base import BadImageWarning
+from ldm.data.skipped_images import BadImageWarning
 from ldm.data.image_folder import ImageFolder, read_metadata
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import ldm.data.shards as shards
-from ldm.data.base import BadImageWarning, skipped_count
+from ldm.data.skipped_images import BadImageWarning, skipped_count
 from ldm.data.shards import ShardDataset, ShardError, expand_urls, plan_range, shard_name, write_manifest
 from ldm.util import ConfigError
 

@@ -118,3 +118,20 @@ def test_extract_into_tensor():
     out = extract_into_tensor(a, t, (2, 4, 5, 5), dtype=torch.float32)
     assert out.shape == (2, 1, 1, 1) and out.dtype == torch.float32
     assert out.flatten().tolist() == [3.0, 7.0]
+
+
+def test_view_of_a_module_shares_its_buffers_and_scores_like_them():
+    from ldm.diffusion.losses import DiffusionLoss, register_lvlb_weights
+
+    sched = DiffusionSchedule.from_config("linear", 50, 1e-4, 0.05)
+    module = torch.nn.Module()
+    register_schedule(module, sched)
+    register_lvlb_weights(module, sched, "eps")
+    view = DiffusionSchedule.view_of(module)
+    assert view.alphas_cumprod is module.alphas_cumprod and view.lvlb_weights is module.lvlb_weights
+    assert view.num_timesteps == 50 and view.dtype == torch.float32
+    out, target, t = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4), torch.tensor([0, 20, 49])
+    loss_fn = DiffusionLoss("eps", original_elbo_weight=0.5, min_snr_gamma=5.0)
+    torch.testing.assert_close(loss_fn(out, target, t, view)[0], loss_fn(out, target, t, sched)[0])
+    with pytest.raises(ValueError, match="lacks the schedule buffers"):
+        DiffusionSchedule.view_of(torch.nn.Module())

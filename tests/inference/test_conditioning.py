@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from ldm.data import shapes
+from ldm.errors import UsageError
 from ldm.inference.conditioning import check_prompts, check_scale, class_label, guidance_pair
-from ldm.inference.errors import UsageError
 from ldm.inference.sampling import initial_noise, sample
 
 

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from ldm.inference.errors import UsageError
+from ldm.errors import UsageError
 from ldm.inference.loading import load_model, resolve_source
 from ldm.inference.model_info import describe_model
 

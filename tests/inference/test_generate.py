@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ldm.inference.errors import UsageError
+from ldm.errors import UsageError
 from ldm.inference.eval_samples import EvalSettings, check_classes, claim_folder, labels_for, sample_folder
 from ldm.inference.generate import Settings, generate
 from ldm.inference.images import read_png_metadata

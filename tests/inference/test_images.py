@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ldm.inference.errors import UsageError
+from ldm.errors import UsageError
 from ldm.inference.images import (image_grid, image_to_tensor, open_image, read_png_metadata, save_png, to_pil,
                                   to_uint8)
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ldm.diffusion.samplers import available_samplers, get_sampler, make_sigmas, make_timesteps
-from ldm.diffusion.samplers.base import strength_steps
+from ldm.diffusion.samplers.timesteps import strength_steps
 from ldm.diffusion.schedule import DiffusionSchedule
 from ldm.inference.codec import decode_latents, encode_images
 from ldm.inference.generate import Settings, batch_samples

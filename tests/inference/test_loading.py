@@ -4,7 +4,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ldm.inference.errors import UsageError
+from ldm.errors import UsageError
 from ldm.inference.loading import load_model, resolve_source
 
 import diffusion_configs as dc

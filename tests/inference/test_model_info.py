@@ -1,6 +1,6 @@
 import pytest
 
-from ldm.inference.errors import UsageError
+from ldm.errors import UsageError
 from ldm.inference.model_info import describe_model
 from ldm.util import load_configs
 

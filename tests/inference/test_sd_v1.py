@@ -124,8 +124,8 @@ def sample_args(ckpt, outdir, *configs):
 
 @pytest.mark.parametrize("suffix", [".ckpt", ".safetensors"])
 def test_txt2img_samples_from_an_sd_checkpoint(sd_files, tmp_path, suffix):
-    script = load_txt2img()  # scripts/txt2img.py as the command line runs it: `cli.run(main)` gives the exit status
-    code = script.cli.run(script.main, sample_args(sd_files["root"] / f"sd{suffix}", tmp_path, sd_files["overrides"]))
+    script = load_txt2img()  # scripts/txt2img.py as the command line runs it: `entry.run(main)` gives the exit status
+    code = script.entry.run(script.main, sample_args(sd_files["root"] / f"sd{suffix}", tmp_path, sd_files["overrides"]))
     assert code == 0 and sorted(os.listdir(tmp_path / "samples")) == ["00000.png"]
     with Image.open(tmp_path / "samples" / "00000.png") as image:
         assert image.size == (64, 64)
@@ -137,7 +137,7 @@ def test_txt2img_offline_uncached_hub_id_is_a_clear_error(sd_files, tmp_path, ca
     hub = tmp_path / "hub_id.yaml"
     OmegaConf.save({"model": {"params": {"cond_stage_config": {"params": {"version": NOT_CACHED}}}}}, hub)
     script = load_txt2img()
-    code = script.cli.run(script.main, sample_args(sd_files["root"] / "sd.ckpt", tmp_path / "out",
+    code = script.entry.run(script.main, sample_args(sd_files["root"] / "sd.ckpt", tmp_path / "out",
                                                    sd_files["overrides"], str(hub)))
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1 and errors[0].startswith("error: FrozenCLIPEmbedder")  # one line

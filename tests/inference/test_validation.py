@@ -1,8 +1,8 @@
 import pytest
 import torch
 
+from ldm.errors import UsageError
 from ldm.inference.devices import autocast, autocast_dtype, check_device
-from ldm.inference.errors import UsageError
 from ldm.inference.validation import (check_positive, check_sampler, check_sampler_options, check_size,
                                       check_strength, read_prompts)
 

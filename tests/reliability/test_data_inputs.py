@@ -47,7 +47,7 @@ def test_empty_folder_and_other_files_only(tmp_path):
         ImageFolder(hidden)
 
 
-@pytest.mark.filterwarnings("ignore::ldm.data.base.BadImageWarning")
+@pytest.mark.filterwarnings("ignore::ldm.data.skipped_images.BadImageWarning")
 def test_all_unreadable_counts_the_folder_not_one_split(tmp_path):
     folder = garbage(tmp_path / "bad", ["0.png", "1.png", "2.png"])
     whole = ImageFolder(folder, size=8)
@@ -64,7 +64,7 @@ def test_all_unreadable_counts_the_folder_not_one_split(tmp_path):
     assert issubclass(UnreadableImagesError, ConfigError) and issubclass(UnreadableImagesError, RuntimeError)
 
 
-@pytest.mark.filterwarnings("ignore::ldm.data.base.BadImageWarning")
+@pytest.mark.filterwarnings("ignore::ldm.data.skipped_images.BadImageWarning")
 def test_unreadable_split_of_a_readable_folder(tmp_path):
     names = [f"{i}.png" for i in range(4)]
     (val,) = split_indices(names, "validation", 0.25)
@@ -80,7 +80,7 @@ def test_unreadable_split_of_a_readable_folder(tmp_path):
     assert ImageFolder(tmp_path, size=8, split="train", validation_fraction=0.25)[0]["image"].shape == (8, 8, 3)
 
 
-@pytest.mark.filterwarnings("ignore::ldm.data.base.BadImageWarning")
+@pytest.mark.filterwarnings("ignore::ldm.data.skipped_images.BadImageWarning")
 def test_one_line_message_survives_a_dataloader_worker(tmp_path):
     folder = garbage(tmp_path / "bad", ["a.jpg", "b.jpg"])
     with pytest.raises(UnreadableImagesError) as info:

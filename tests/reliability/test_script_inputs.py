@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ldm.inference import cli, memory, validation
+from ldm.errors import UsageError
+from ldm.inference import entry, memory, validation
 from ldm.inference.conditioning import check_scale, empty_prompt_warnings, scale_warnings
-from ldm.inference.errors import UsageError
 from ldm.inference.model_info import describe_model
 from ldm.util import load_configs
 
@@ -130,7 +130,7 @@ def test_reconstruct_checks_its_outputs_before_loading(tmp_path, repo_root, monk
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr("ldm.trainer.runs.load_inference_model", refuse)
+    monkeypatch.setattr("ldm.models.from_run.load_inference_model", refuse)
     taken = tmp_path / "a_file"
     taken.write_text("")
     cases = [(["-r", str(run), "--out", str(tmp_path)], "is a folder; give a file name"),
@@ -139,11 +139,11 @@ def test_reconstruct_checks_its_outputs_before_loading(tmp_path, repo_root, monk
              (["-r", str(tmp_path / "missing")], "-r/--resume"),
              (["-r", str(run), "--n", "0"], "--n must be a positive integer")]
     for argv, message in cases:
-        assert cli.run(main, argv) == 2, argv
+        assert entry.run(main, argv) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("error: ") and re.search(message, err) and err.count("\n") == 1, (argv, err)
     monkeypatch.setattr(memory, "available_bytes", lambda device: 1024 ** 2)
-    assert cli.run(main, ["-r", str(run), "--n", "1000"]) == 2
+    assert entry.run(main, ["-r", str(run), "--n", "1000"]) == 2
     assert re.match(r"error: --n 1000: needs at least .* more than the 1 MiB available on cpu; use a smaller --n",
                     capsys.readouterr().err)
 
@@ -174,7 +174,7 @@ def test_batches_that_cannot_fit_are_refused_before_the_model_loads(tiny_run, in
 def test_the_suggested_batch_fits(tiny_run, load_script, one_gib, no_model_loading, capsys):
     run = str(tiny_run("none"))
     main = load_script("txt2img").main
-    assert cli.run(main, ["-r", run, "--n_samples", "100000"]) == 2
+    assert entry.run(main, ["-r", run, "--n_samples", "100000"]) == 2
     fit, iters = map(int, re.search(r"--n_samples (\d+) --n_iter (\d+)$", capsys.readouterr().err.strip()).groups())
     assert fit * iters >= 100000 and fit & (fit - 1) == 0  # a power of two, covering all images
     with pytest.raises(AssertionError, match="the model was loaded"):  # every check passed
@@ -184,11 +184,11 @@ def test_the_suggested_batch_fits(tiny_run, load_script, one_gib, no_model_loadi
 def test_one_huge_image_and_eval_shapes(tiny_run, inputs, load_script, monkeypatch, no_model_loading, capsys):
     monkeypatch.setattr(memory, "available_bytes", lambda device: 1024)
     run = tiny_run("class")
-    assert cli.run(load_script("inpaint").main, ["-r", str(run), "--image", inputs["image"], "--mask",
+    assert entry.run(load_script("inpaint").main, ["-r", str(run), "--image", inputs["image"], "--mask",
                                                  inputs["mask"], "--prompt", "3"]) == 2
     assert re.match(rf"error: --image {inputs['image']}: needs at least .* even one image of this size does not fit",
                     capsys.readouterr().err)
-    monkeypatch.setattr("ldm.trainer.runs.load_inference_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr("ldm.models.from_run.load_inference_model", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(SystemExit) as exit_:
         load_script("eval_shapes").main(["-r", str(run), "--batch_size", "64", "--device", "cpu"])
     assert exit_.value.code == 2 and "error: --batch_size 64: needs at least" in capsys.readouterr().err

@@ -95,14 +95,14 @@ def test_ckpt_paths_in_a_config_with_a_payload_are_refused(tmp_path, where):
 def test_sampling_script_refuses_a_payload_checkpoint(tmp_path, capsys):
     from diffusion_configs import ldm_config
 
-    from ldm.inference import cli
+    from ldm.inference import entry
 
     marker = tmp_path / "pwned"
     evil = tmp_path / "model.ckpt"
     torch.save({"state_dict": {}, "payload": Payload(marker)}, evil)
     config = tmp_path / "model.yaml"
     OmegaConf.save(OmegaConf.create({"model": ldm_config("none")}), config)
-    code = cli.run(_load_script("txt2img").main, ["--config", str(config), "--ckpt", str(evil),
+    code = entry.run(_load_script("txt2img").main, ["--config", str(config), "--ckpt", str(evil),
                                                    "--outdir", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code != 0 and not marker.exists()
@@ -153,7 +153,7 @@ def _load_script(name):
 
 @pytest.mark.parametrize("script", ["reconstruct", "txt2img", "sample_diffusion"])
 def test_scripts_refuse_a_foreign_target_in_a_run_folder(tmp_path, capsys, script):
-    from ldm.inference import cli
+    from ldm.inference import entry
 
     run = tmp_path / "2026-01-01T00-00-00_shared"
     (run / "configs").mkdir(parents=True)
@@ -167,7 +167,7 @@ def test_scripts_refuse_a_foreign_target_in_a_run_folder(tmp_path, capsys, scrip
     module = _load_script(script)
     out = ["--out", str(tmp_path / "recon.png")] if script == "reconstruct" else ["--outdir", str(tmp_path / "out")]
     argv = ["-r", str(run), *out]
-    code = cli.run(module.main, argv)
+    code = entry.run(module.main, argv)
     err = capsys.readouterr().err
     assert code != 0 and not marker.exists()
     assert "os.system" in err and "Traceback" not in err

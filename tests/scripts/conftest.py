@@ -117,20 +117,21 @@ def no_model_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr("ldm.inference.loading.load_model", refuse)
+    # cli first: importing it binds loading.load_model, which must still be the real one to be restored later
     monkeypatch.setattr("ldm.inference.cli.load_model", refuse)
+    monkeypatch.setattr("ldm.inference.loading.load_model", refuse)
 
 
 @pytest.fixture
 def assert_refused(capsys):
-    """assert_refused(main, cases): each (argv, regex) makes `cli.run(main, argv)` exit 2 with a matching error."""
+    """assert_refused(main, cases): each (argv, regex) makes `entry.run(main, argv)` exit 2 with a matching error."""
     import re
 
-    from ldm.inference import cli
+    from ldm.inference import entry
 
     def check(main, cases):
         for argv, message in cases:
-            assert cli.run(main, argv) == 2, argv
+            assert entry.run(main, argv) == 2, argv
             err = capsys.readouterr().err
             assert err.startswith("error: ") and re.search(message, err), (argv, err)
 

@@ -94,7 +94,7 @@ def test_reconstruct_reports_psnr_ssim_through_the_metrics_module(tmp_path, repo
     """scripts/reconstruct.py shares ldm.eval.metrics: PSNR/SSIM values, and why LPIPS is absent offline."""
     from ldm.eval.metrics import psnr, ssim
     from ldm.eval.samples import reconstruct
-    from ldm.trainer.runs import load_model_from_run
+    from ldm.models.from_run import load_model_from_run
 
     run = make_stage1_run(tmp_path, repo_root)
     metrics = load_script("reconstruct").main(["-r", str(run), "--n", "2"])

@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ldm.inference import cli
+from ldm.inference import entry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY_CIN = ["model.params.unet_config.params.model_channels=32", "model.context_dim=32"]
@@ -17,7 +17,7 @@ SCALE = 0.8125  # a learnt scale_factor (scale_by_std), which lives only in the 
 def make_run(root, name, configs, overrides):
     """A run folder (configs/*-project.yaml unresolved, checkpoints/last.ckpt) of a randomised model whose EMA
     differs from its weights; returns the folder."""
-    from ldm.trainer.runs import inference_model_config
+    from ldm.models.from_run import inference_model_config
     from ldm.util import instantiate_from_config, load_configs
 
     cfg = load_configs([os.path.join(ROOT, "configs", c) for c in configs], overrides)
@@ -54,7 +54,7 @@ def export(load_script):
 
 
 def run_ok(main, capsys, *argv):
-    assert cli.run(main, list(map(str, argv))) == 0, capsys.readouterr().err
+    assert entry.run(main, list(map(str, argv))) == 0, capsys.readouterr().err
     return capsys.readouterr().err
 
 
@@ -80,7 +80,7 @@ def test_safetensors_export_of_a_class_run(runs, export, capsys, tmp_path, one_t
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from ldm.trainer.runs import load_model_from_run
+    from ldm.models.from_run import load_model_from_run
 
     out = tmp_path / "cin.safetensors"
     err = run_ok(export, capsys, "-r", runs["cin"], "--format", "safetensors", "--out", out)
@@ -106,10 +106,10 @@ def test_safetensors_export_of_a_class_run(runs, export, capsys, tmp_path, one_t
 
 
 def test_compvis_refuses_an_incompatible_model_unless_allowed(runs, export, capsys, tmp_path, one_thread):
-    from ldm.trainer.runs import load_model_from_run
+    from ldm.models.from_run import load_model_from_run
 
     out = tmp_path / "cin_compvis"
-    assert cli.run(export, ["-r", str(runs["cin"]), "--format", "compvis", "--out", str(out)]) == 2
+    assert entry.run(export, ["-r", str(runs["cin"]), "--format", "compvis", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "error: --format compvis" in err and "norm_num_groups=8" in err and "--allow-incompatible" in err
     assert not out.exists()
@@ -146,7 +146,7 @@ def test_autoencoder_run(runs, export, capsys, tmp_path, one_thread):
     compvis folder needs no flag, and the reloaded model decodes exactly as the run's."""
     from safetensors.torch import load_file
 
-    from ldm.trainer.runs import load_model_from_run
+    from ldm.models.from_run import load_model_from_run
 
     err = run_ok(export, capsys, "-r", runs["ae"], "--format", "safetensors", "--out", tmp_path / "ae.safetensors")
     assert "NOT ORIGINAL-COMPATIBLE" not in err

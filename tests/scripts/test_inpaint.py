@@ -15,7 +15,7 @@ if DIFFUSION_TESTS not in sys.path:
 import task_runs  # noqa: E402
 
 from ldm.data.masks import BoxMasks  # noqa: E402
-from ldm.inference import cli  # noqa: E402
+from ldm.inference import entry  # noqa: E402
 from ldm.inference.images import read_png_metadata  # noqa: E402
 
 SIZE = 64  # the CPU overlay's image side (= the inpainting UNet's size multiple there)
@@ -96,7 +96,7 @@ def test_bad_input_fails_before_the_model_loads(inpainting_run, tiny_run, load_s
     ]
     script = load_script("inpaint")
     for args, message in cases:
-        code = cli.run(script.main, args)
+        code = entry.run(script.main, args)
         err = capsys.readouterr().err
         assert code == 2 and message in err, (args, err)
     assert "--mode" in script.get_parser().format_help()

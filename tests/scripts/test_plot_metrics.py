@@ -70,12 +70,12 @@ def test_script_writes_one_valid_png_per_group(tmp_path, capsys):
 
 
 def test_bad_run_folders_are_one_line_errors(tmp_path, capsys):
-    from ldm.inference import cli
+    from ldm.inference import entry
 
     script = load_script()
-    assert cli.run(script.main, ["-r", str(tmp_path / "missing")]) == 2
+    assert entry.run(script.main, ["-r", str(tmp_path / "missing")]) == 2
     assert capsys.readouterr().err.strip() == f"error: -r/--resume: {tmp_path / 'missing'} is not a folder"
-    assert cli.run(script.main, ["-r", str(tmp_path)]) == 2
+    assert entry.run(script.main, ["-r", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no metrics.csv" in err
 

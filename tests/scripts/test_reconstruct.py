@@ -49,7 +49,7 @@ def test_reconstruct_scores_shapes_with_the_checker(tmp_path, repo_root):
 
 
 def test_run_loading_drops_training_losses(tmp_path, repo_root):
-    from ldm.trainer.runs import load_model_from_run
+    from ldm.models.from_run import load_model_from_run
 
     run, reference = make_run(tmp_path, repo_root)
     model, _ = load_model_from_run(str(run))

@@ -14,7 +14,7 @@ if DIFFUSION_TESTS not in sys.path:
 
 import task_runs  # noqa: E402
 
-from ldm.inference import cli  # noqa: E402
+from ldm.inference import entry  # noqa: E402
 from ldm.inference.images import read_png_metadata  # noqa: E402
 
 LR = 16  # x4 below the CPU overlay's 64 px images
@@ -59,6 +59,6 @@ def test_bad_input_fails_before_the_model_loads(sr_run, tiny_run, load_script, n
     ]
     script = load_script("superres")
     for args, message in cases:
-        code = cli.run(script.main, args)
+        code = entry.run(script.main, args)
         err = capsys.readouterr().err
         assert code == 2 and message in err, (args, err)

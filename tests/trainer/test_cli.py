@@ -5,7 +5,9 @@ import os
 import pytest
 from omegaconf import OmegaConf
 
-from ldm.trainer.cli import UsageError, load_run_config, normalize_argv, parse_args, resolve_resume, str2bool
+from ldm.errors import UsageError
+from ldm.run_folder import resolve_resume
+from ldm.trainer.cli import load_run_config, normalize_argv, parse_args, str2bool
 
 
 def test_defaults_match_compvis():

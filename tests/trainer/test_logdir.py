@@ -3,8 +3,8 @@
 import os
 import re
 
-from ldm.trainer.logdir import (LOGDIR_ENV, NOW_ENV, RunPaths, choose_logdir, hand_over, handed_over,
-                                move_to_debug_runs, new_logdir, remove_if_unused, restore_env, run_name, timestamp)
+from ldm.trainer.logdir import (LOGDIR_ENV, NOW_ENV, RunPaths, choose_logdir, export_logdir_to_ranks,
+                                logdir_from_rank_zero, move_to_debug_runs, new_logdir, remove_if_unused, restore_env, run_name, timestamp)
 
 
 def test_timestamp_format():
@@ -38,11 +38,11 @@ def test_new_logdir_never_reuses_a_folder(tmp_path):
 def test_hand_over_and_restore(monkeypatch):
     monkeypatch.delenv(LOGDIR_ENV, raising=False)
     monkeypatch.delenv(NOW_ENV, raising=False)
-    assert handed_over() is None
-    previous = hand_over("/x/run", "2024-01-01T00-00-00")
-    assert handed_over() == ("/x/run", "2024-01-01T00-00-00")
+    assert logdir_from_rank_zero() is None
+    previous = export_logdir_to_ranks("/x/run", "2024-01-01T00-00-00")
+    assert logdir_from_rank_zero() == ("/x/run", "2024-01-01T00-00-00")
     restore_env(previous)
-    assert handed_over() is None and LOGDIR_ENV not in os.environ
+    assert logdir_from_rank_zero() is None and LOGDIR_ENV not in os.environ
 
 
 def test_move_to_debug_runs(tmp_path):
@@ -61,7 +61,7 @@ def test_choose_logdir_fresh_resumed_and_handed_over(tmp_path, monkeypatch):
     assert logdir == os.path.join(str(tmp_path), f"{now}_a") and not os.path.exists(logdir)
     assert choose_logdir(str(tmp_path), resume_logdir="/runs/r")[0] == "/runs/r"
     # a DDP rank > 0 started after rank 0 exported its choice gets the same folder and timestamp
-    previous = hand_over("/runs/rank0", "2024-01-01T00-00-00")
+    previous = export_logdir_to_ranks("/runs/rank0", "2024-01-01T00-00-00")
     try:
         assert choose_logdir(str(tmp_path), name="other") == ("/runs/rank0", "2024-01-01T00-00-00")
     finally:

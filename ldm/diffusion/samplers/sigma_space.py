@@ -1,4 +1,4 @@
-"""Set-up and bookkeeping shared by the samplers that integrate in sigma (variance-exploding) space.
+"""Conventions and small helpers of the samplers that integrate in sigma (variance-exploding) space.
 
 State convention. A VP sample x_t = sqrt(abar) x0 + sqrt(1 - abar) eps corresponds to the VE state
 x = x_t / sqrt(abar) = x0 + sigma eps with sigma = sqrt((1 - abar) / abar) (Karras et al. 2022, app. C.3). Every
@@ -15,25 +15,10 @@ the step's input level, so `callback(i, t, x, x0_pred)` means the same for every
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 
-from ldm.diffusion.noise import randn_like
-from ldm.diffusion.parameterization import ModelFn, as_schedule, sigma_to_t
-from ldm.diffusion.samplers.base import (DYNAMIC_THRESHOLD_RATIO, THRESHOLD_MAX_VALUE, StepCallback, StepReport,
-                                         check_init, check_inputs, make_denoiser, noised_init, resolve_thresholding,
-                                         restore_known, strength_steps)
-from ldm.diffusion.samplers.sigmas import KARRAS_RHO, make_sigmas
-from ldm.diffusion.schedule import DiffusionSchedule
-
-# Options every sigma-space sampler accepts (keyword-only, after the shared signature), with their defaults.
-SIGMA_OPTIONS: dict[str, Any] = {
-    "spacing": "karras", "rho": KARRAS_RHO, "sigma_min": None, "sigma_max": None, "sigmas": None, "quantize": False,
-    "guidance_rescale": 0.0, "thresholding": None, "clip_denoised": False,
-    "threshold_ratio": DYNAMIC_THRESHOLD_RATIO, "max_value": THRESHOLD_MAX_VALUE,
-    "log_every_t": 100, "intermediates": None, "x_init": None, "strength": 1.0,
-}
+from ldm.diffusion.samplers.timesteps import check_init, noised_init, strength_steps
 
 
 def start_sigmas(sigmas: list[float], x_T: torch.Tensor, x_init: torch.Tensor | None,
@@ -69,69 +54,3 @@ def ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tupl
         return sigma_to, 0.0
     up = min(sigma_to, eta * math.sqrt(sigma_to ** 2 * (sigma_from ** 2 - sigma_to ** 2) / sigma_from ** 2))
     return math.sqrt(sigma_to ** 2 - up ** 2), up
-
-
-class SigmaRun:
-    """One sampling run in sigma space: the grid, the guided / converted / thresholded denoiser, masks and logs.
-
-    A sampler loops `for i in range(run.num_steps)`: `x = run.begin(i, x)` (mask blend), model calls through
-    `run.denoise(x, sigma)`, then `x = run.end(i, x, x0_pred)` (callback, logs), and returns `run.finish(x)`.
-    """
-
-    def __init__(self, name: str, model_fn: ModelFn, schedule: DiffusionSchedule, x_T: torch.Tensor,
-                 steps: int | None, cond: Any = None, uncond: Any = None, guidance_scale: float = 1.0,
-                 mask: torch.Tensor | None = None, x0: torch.Tensor | None = None,
-                 callback: StepCallback | None = None, generator: torch.Generator | None = None,
-                 parameterization: str = "eps", **opts: Any):
-        unknown = sorted(set(opts) - set(SIGMA_OPTIONS))
-        if unknown:
-            raise TypeError(f"{name} got unexpected option(s) {unknown}; it accepts {sorted(SIGMA_OPTIONS)}")
-        o = {**SIGMA_OPTIONS, **opts}
-        sched = as_schedule(schedule)
-        self.mask, self.x0 = check_inputs(x_T, mask, x0)
-        sigmas = make_sigmas(sched, sched.num_timesteps if steps is None else steps, o["spacing"], o["rho"],
-                             o["sigma_min"], o["sigma_max"], o["sigmas"])
-        self.sigmas, self.x_T = start_sigmas(sigmas, x_T, o["x_init"], o["strength"])
-        # fractional DDPM index of every level (callbacks only); float64 on the CPU, once, so no syncs later
-        levels = torch.tensor(self.sigmas[:-1], dtype=torch.float64)
-        self.timesteps = sigma_to_t(levels, sched.sigmas.log()).tolist()
-        thresholding = resolve_thresholding(o["thresholding"], o["clip_denoised"])
-        self.denoiser = make_denoiser(model_fn, sched, parameterization, uncond, guidance_scale,
-                                      o["guidance_rescale"], thresholding, o["threshold_ratio"], o["max_value"])
-        self.cond, self.generator, self.quantize = cond, generator, bool(o["quantize"])
-        self.report = StepReport(callback, o["intermediates"], self.x_T, self.num_steps, o["log_every_t"])
-
-    @property
-    def num_steps(self) -> int:
-        """Number of steps (levels before the final one)."""
-        return len(self.sigmas) - 1
-
-    def start(self) -> torch.Tensor:
-        """The VE state at the first level: x_T sqrt(1 + sigma_0^2) (x_T, or the img2img start, is the VP sample
-        there)."""
-        return self.x_T * math.sqrt(1 + self.sigmas[0] ** 2)
-
-    def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        """x0 predicted at VE state x and level sigma (guidance, parameterization and thresholding applied)."""
-        level = torch.full((x.shape[0],), sigma, dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
-        return self.denoiser.denoise_sigma(x, level, self.cond, quantize=self.quantize)
-
-    def noise(self, x: torch.Tensor) -> torch.Tensor:
-        """Standard normal noise like x from the run's generator."""
-        return randn_like(x, self.generator)
-
-    def begin(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        """Before step i: where mask == 1 take x0 noised to level sigma_i, x0 + sigma_i z (the VE q(x_t | x0))."""
-        if self.mask is None:
-            return x
-        return self.mask * (self.x0 + self.sigmas[i] * self.noise(x)) + (1 - self.mask) * x
-
-    def end(self, i: int, x: torch.Tensor, x0_pred: torch.Tensor) -> torch.Tensor:
-        """After step i: report x (VP scale at sigma_{i+1}) and the step's x0 prediction; returns x unchanged."""
-        if self.report.active:
-            self.report(i, self.timesteps[i], x / math.sqrt(1 + self.sigmas[i + 1] ** 2), x0_pred)
-        return x
-
-    def finish(self, x: torch.Tensor) -> torch.Tensor:
-        """The VP sample at the last level (x itself at sigma = 0) with the known region restored exactly."""
-        return restore_known(x / math.sqrt(1 + self.sigmas[-1] ** 2), self.mask, self.x0)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ldm.diffusion.samplers.base import TIMESTEP_SPACINGS, make_timesteps
+from ldm.diffusion.samplers.timesteps import TIMESTEP_SPACINGS, make_timesteps
 from ldm.diffusion.schedule import DiffusionSchedule
 
 KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5 / Table 1

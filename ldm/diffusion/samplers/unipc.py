@@ -6,15 +6,12 @@ so it raises the order by one at no extra cost: one model call per step, as DPM-
 from __future__ import annotations
 
 import math
-from typing import Any
+from itertools import pairwise
 
 import torch
 
-from ldm.diffusion.parameterization import ModelFn
-from ldm.diffusion.samplers.base import StepCallback
-from ldm.diffusion.samplers.registry import register_sampler
-from ldm.diffusion.samplers.sigma_space import SigmaRun, check_eta
-from ldm.diffusion.schedule import DiffusionSchedule
+from ldm.diffusion.samplers.context import Noise, SigmaDenoise, Step
+from ldm.diffusion.samplers.signature import sigma_sampler
 
 UNIPC_VARIANTS = ("bh1", "bh2")  # B(h) = h or e^h - 1 (Zhao et al. 2023, sec. 3.1 / app. C)
 
@@ -43,52 +40,41 @@ def unipc_coefficients(rks: list[float], h: float, variant: str = "bh2") -> tupl
     return b_h, rho_p, rho_c
 
 
-@register_sampler("unipc")
-@torch.no_grad()
-def sample_unipc(model_fn: ModelFn, schedule: DiffusionSchedule, x_T: torch.Tensor, steps: int | None = 20,
-                 cond: Any = None, uncond: Any = None, guidance_scale: float = 1.0, eta: float = 0.0,
-                 mask: torch.Tensor | None = None, x0: torch.Tensor | None = None,
-                 callback: StepCallback | None = None, generator: torch.Generator | None = None,
-                 parameterization: str = "eps", *, order: int = 2, variant: str = "bh2",
-                 lower_order_final: bool = True, **opts: Any) -> torch.Tensor:
+def unipc(denoise: SigmaDenoise, x: torch.Tensor, sigmas: list[float], step: Step, noise: Noise, *, order: int = 2,
+          variant: str = "bh2", lower_order_final: bool = True) -> torch.Tensor:
     """UniPC with data prediction: UniP-`order` predicts sigma_{i+1} from the last `order` x0 predictions, UniC
     corrects it with the prediction at the new point (order + 1 accurate). Warm-up raises the order one step at a
     time; `lower_order_final` lowers it over the last steps of short runs (< 10 steps). order 2 with "bh2" is the
     paper's choice for guided sampling, order 3 for unconditional. One model call per step."""
-    check_eta("unipc", eta, stochastic=False)
     if order not in (1, 2, 3):
         raise ValueError(f"unipc order must be 1, 2 or 3, got {order}")
     if variant not in UNIPC_VARIANTS:
         raise ValueError(f"unknown unipc variant {variant!r}; expected one of {UNIPC_VARIANTS}")
-    run = SigmaRun("unipc", model_fn, schedule, x_T, steps, cond, uncond, guidance_scale, mask, x0, callback,
-                   generator, parameterization, **opts)
-    s, x = run.sigmas, run.start()
-    if run.num_steps == 0:  # img2img at strength 0: nothing to integrate (and no model call at sigma = 0)
-        return run.finish(x)
-    x = run.begin(0, x)
-    hist = [(run.denoise(x, s[0]), -math.log(s[0]))]  # (x0_pred, lambda), newest last
-    for i in range(run.num_steps):
-        if i > 0:
-            x = run.begin(i, x)
+    n = len(sigmas) - 1
+    hist = [(denoise(x, sigmas[0]), -math.log(sigmas[0]))]  # (x0_pred, lambda), newest last
+    for i, (s, s_next) in enumerate(pairwise(sigmas)):
         m0, lam0 = hist[-1]
-        if s[i + 1] == 0:
-            x = run.end(i, m0, m0)
+        if s_next == 0:
+            x = step(i, m0, m0)
             continue
-        lam_t = -math.log(s[i + 1])
+        lam_t = -math.log(s_next)
         h = lam_t - lam0
         p = min(order, len(hist))
-        if lower_order_final and run.num_steps < 10:
-            p = min(p, run.num_steps - i)  # counts the final step to sigma = 0 (which is first order anyway)
+        if lower_order_final and n < 10:
+            p = min(p, n - i)  # counts the final step to sigma = 0 (which is first order anyway)
         past = hist[-p:-1][::-1]  # newest first, without the current point
         b_h, rho_p, rho_c = unipc_coefficients([(lam - lam0) / h for _, lam in past], h, variant)
         diffs = [(m - m0) * (h / (lam - lam0)) for m, lam in past]  # D1_k = (m_k - m_0) / r_k
-        x_lin = (s[i + 1] / s[i]) * x - math.expm1(-h) * m0  # first order (DDIM) part
+        x_lin = (s_next / s) * x - math.expm1(-h) * m0  # first order (DDIM) part
         x_pred = x_lin - b_h * sum((r * d for r, d in zip(rho_p, diffs)), torch.zeros_like(x))
-        if i + 1 == run.num_steps:  # no later step needs a model call at the new point: keep the prediction
-            x = run.end(i, x_pred, m0)
+        if i + 1 == n:  # no later step needs a model call at the new point: keep the prediction
+            x = step(i, x_pred, m0)
             continue
-        m_t = run.denoise(x_pred, s[i + 1])
+        m_t = denoise(x_pred, s_next)
         corr = sum((r * d for r, d in zip(rho_c[:-1], diffs)), rho_c[-1] * (m_t - m0))
-        x = run.end(i, x_lin - b_h * corr, m0)
+        x = step(i, x_lin - b_h * corr, m0)
         hist = (hist + [(m_t, lam_t)])[-order:]
-    return run.finish(x)
+    return x
+
+
+sample_unipc = sigma_sampler("unipc", unipc, steps=20)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ldm.models.autoencoders.base import AdversarialAutoencoder
+from ldm.models.autoencoders.adversarial import AdversarialAutoencoder
 from ldm.modules.diffusionmodules.model import Decoder, Encoder
 from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
 

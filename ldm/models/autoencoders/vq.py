@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldm.models.autoencoders.base import AdversarialAutoencoder
+from ldm.models.autoencoders.adversarial import AdversarialAutoencoder
 from ldm.modules.diffusionmodules.model import Decoder, Encoder
 from ldm.modules.vqvae.quantize import VectorQuantizer
 from ldm.util import batches_seen

@@ -114,10 +114,15 @@ class ConditioningDropout:
 
     `rates` maps batch keys to (p, null_fn) where null_fn(B) gives the null batch value. For `class_label`, the
     null labels replace `batch['class_label']` (the ClassEmbedder reads the batch dict).
+    `cached` maps a raw key to (batch key of its cached encoding, encoded_null_fn): when a batch carries that
+    encoding (a latent cache), the encoding is dropped (to encoded_null_fn(1)) and the raw value with the same
+    draw, so a cached batch consumes the same random numbers as an uncached one.
     """
 
-    def __init__(self, rates: Mapping[str, tuple[float, NullFn]] | None = None):
+    def __init__(self, rates: Mapping[str, tuple[float, NullFn]] | None = None,
+                 cached: Mapping[str, tuple[str, NullFn]] | None = None):
         self.rates = {k: (float(p), fn) for k, (p, fn) in (rates or {}).items() if float(p) > 0}
+        self.cached = dict(cached or {})
         for key, (p, _) in self.rates.items():
             if not 0.0 <= p <= 1.0:
                 raise ConfigError(f"conditioning dropout rate for '{key}' must lie in [0, 1], got {p}")
@@ -131,6 +136,13 @@ class ConditioningDropout:
             return batch
         out = dict(batch)
         for key, (p, null_fn) in self.rates.items():
+            encoded_key, encoded_null = self.cached.get(key, (None, None))
+            if encoded_key is not None and encoded_key in out:
+                out[encoded_key], keep = drop_conditioning(out[encoded_key], encoded_null(1), p, generator=generator,
+                                                           return_mask=True)
+                if key in out:
+                    out[key] = _keep_or_null(out[key], keep, null_fn)
+                continue
             if key not in out:
                 raise KeyError(f"conditioning dropout is set for batch key '{key}', which the batch lacks "
                                f"(keys: {sorted(out)})")
@@ -138,6 +150,16 @@ class ConditioningDropout:
             size = value.shape[0] if isinstance(value, torch.Tensor) else len(value)
             out[key] = drop_conditioning(value, null_fn(size), p, generator=generator)
         return out
+
+
+def _keep_or_null(value: Any, keep: torch.Tensor, null_fn: NullFn) -> Any:
+    """Per sample, `value` where `keep` else the null value (a list or a tensor batch)."""
+    null = null_fn(len(keep))
+    if isinstance(value, torch.Tensor):
+        null = torch.as_tensor(null, dtype=value.dtype, device=value.device).expand_as(value)
+        return torch.where(keep.to(value.device).view(-1, *[1] * (value.dim() - 1)), value, null)
+    nulls = list(null) if isinstance(null, (list, tuple)) else [null] * len(keep)
+    return [v if k else n for v, k, n in zip(value, keep.tolist(), nulls)]
 
 
 def _constant_null(value: Any) -> NullFn:

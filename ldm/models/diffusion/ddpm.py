@@ -5,7 +5,7 @@ modules (`base.py`: DDPM, `latent_diffusion.py`: LatentDiffusion, `wrapper.py`: 
 `model_fn` for samplers, `first_stage.py`, `conditioning.py`, `image_logging.py`, `restore.py`).
 """
 
-from ldm.models.diffusion.base import DDPM
+from ldm.models.diffusion.denoising_diffusion import DDPM
 from ldm.models.diffusion.first_stage import disabled_train
 from ldm.models.diffusion.inpainting import LatentInpaintDiffusion
 from ldm.models.diffusion.latent_diffusion import LatentDiffusion

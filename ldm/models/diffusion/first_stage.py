@@ -96,3 +96,45 @@ def latent_channel_stats(z: torch.Tensor, strategy: Any = None) -> tuple[torch.T
     `latent_std`)."""
     z = z.detach().float().transpose(0, 1).flatten(1)
     return _mean_over_ranks(z.mean(1), strategy), _mean_over_ranks(z.std(1), strategy)
+
+
+# state_dict prefixes that do not take part in encoding (a first stage's training loss: LPIPS, discriminator).
+NOT_ENCODING = ("loss.",)
+
+
+def weights_sha256(module: nn.Module, exclude: tuple[str, ...] = NOT_ENCODING) -> str:
+    """sha256 of a module's state_dict (names, dtypes, shapes and bytes, in name order; keys starting with an
+    `exclude` prefix left out): the identity of its weights, e.g. of the first stage a latent cache was encoded
+    with."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        if name.startswith(exclude):
+            continue
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}\n".encode())
+        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return digest.hexdigest()
+
+
+def cache_kind(encoder_output: Any) -> str:
+    """"posterior" for a Gaussian posterior (KL), "tensor" for a first stage whose encoder gives the latent."""
+    if isinstance(encoder_output, DiagonalGaussianDistribution):
+        return "posterior"
+    if isinstance(encoder_output, torch.Tensor):
+        return "tensor"
+    raise TypeError(f"encoder output of type {type(encoder_output).__name__} cannot be cached")
+
+
+def cache_fields(encoder_output: Any) -> dict[str, torch.Tensor]:
+    """What a latent cache stores of an encoder output, float32: a posterior's `mean` and (clamped) `logvar`, so
+    training still samples z; or the encoder's tensor as `latent` (VQ before quantization, as training uses it)."""
+    if cache_kind(encoder_output) == "posterior":
+        return {"mean": encoder_output.mean.float(), "logvar": encoder_output.logvar.float()}
+    return {"latent": encoder_output.float()}
+
+
+def posterior_from_cache(mean: torch.Tensor, logvar: torch.Tensor) -> DiagonalGaussianDistribution:
+    """The posterior a cached (mean, logvar) pair came from (its sample draws the same noise as the original's)."""
+    return DiagonalGaussianDistribution(torch.cat([mean, logvar], dim=1))

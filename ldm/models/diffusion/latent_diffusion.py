@@ -14,11 +14,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ldm.models.diffusion.base import DDPM
+from ldm.data.latent_cache import (CACHEABLE_COND_KEYS, CACHED_COND, CACHED_LATENT, CACHED_LOGVAR, CACHED_MEAN,
+                                   CacheFingerprint, LatentCache)
+from ldm.models.diffusion.denoising_diffusion import DDPM, DiffusionInputs
 from ldm.models.diffusion.conditioning import (ConditioningDropout, dropout_rates, encode_conditioning,
-                                               instantiate_cond_stage, raw_conditioning)
+                                               instantiate_cond_stage, raw_conditioning, slice_batch)
 from ldm.models.diffusion.first_stage import (instantiate_first_stage, latent_channel_stats, latent_from_posterior,
-                                              latent_std)
+                                              latent_std, posterior_from_cache, weights_sha256)
 from ldm.models.diffusion.legacy_sampling import LegacyLatentSampling
 from ldm.util import ConfigError, batches_seen
 
@@ -40,6 +42,9 @@ class LatentDiffusion(LegacyLatentSampling, DDPM):
     each latent channel instead, z -> (z - mean_c) / std_c with buffers `latent_mean` / `latent_std` (C,) from the
     first batch, as EDM2 does for SD latents. It matters when the first stage's channels have offsets or scales
     that differ a lot (one global std then leaves some channels' signal far below the diffusion noise).
+    Latent cache (`ldm.data.latent_cache`): a batch carrying cached first-stage outputs (and frozen-conditioner
+    outputs) is used as it is instead of encoding `image` (and the raw conditioning); the cache's fingerprint is
+    checked against this model when training starts.
     """
 
     def __init__(self, first_stage_config: Any, cond_stage_config: Any, num_timesteps_cond: int | None = None,
@@ -65,38 +70,44 @@ class LatentDiffusion(LegacyLatentSampling, DDPM):
             conditioning_key = "concat" if concat_mode else "crossattn"
         if cond_stage_config == "__is_unconditional__":
             conditioning_key = None
-        ckpt_path = kwargs.pop("ckpt_path", None)
-        ignore_keys = kwargs.pop("ignore_keys", ())
-        reset_ema = kwargs.pop("reset_ema", False)
-        reset_num_ema_updates = kwargs.pop("reset_num_ema_updates", False)
-        if reset_ema and not ckpt_path:
-            raise ConfigError("model.params.reset_ema: true needs model.params.ckpt_path")
+        # The original restores whole checkpoints into a LatentDiffusion: load_only_unet does not apply.
+        kwargs.pop("load_only_unet", None)
+        # What `build_conditioning` builds; DDPM.__init__ calls it after the network and the EMA, before restoring.
+        self._stage_options = dict(first_stage_config=first_stage_config, cond_stage_config=cond_stage_config,
+                                   cond_stage_key=cond_stage_key, cond_stage_trainable=cond_stage_trainable,
+                                   concat_mode=concat_mode, cond_stage_forward=cond_stage_forward,
+                                   scale_factor=scale_factor, scale_by_std=scale_by_std, ucg_rate=ucg_rate,
+                                   latent_stats=latent_stats)
         super().__init__(*args, conditioning_key=conditioning_key, **kwargs)
-        self.concat_mode = concat_mode
-        self.cond_stage_trainable = cond_stage_trainable
-        self.cond_stage_key = cond_stage_key
+
+    def build_conditioning(self) -> None:
+        """Construction step 4: the latent scaling buffers, the frozen first stage, the conditioner and guidance
+        dropout (from the options `__init__` recorded)."""
+        options = self._stage_options
+        self.concat_mode = options["concat_mode"]
+        self.cond_stage_trainable = options["cond_stage_trainable"]
+        self.cond_stage_key = options["cond_stage_key"]
         try:
-            self.num_downs = len(first_stage_config["params"]["ddconfig"]["ch_mult"]) - 1
+            self.num_downs = len(options["first_stage_config"]["params"]["ddconfig"]["ch_mult"]) - 1
         except (KeyError, TypeError):
             self.num_downs = 0
-        self.scale_by_std = scale_by_std
-        self.register_buffer("scale_factor", torch.tensor(float(scale_factor)))
-        self.latent_stats = latent_stats
-        if latent_stats == "per_channel":  # only then: the original state_dict layout is kept otherwise
+        self.scale_by_std = options["scale_by_std"]
+        self.register_buffer("scale_factor", torch.tensor(float(options["scale_factor"])))
+        self.latent_stats = options["latent_stats"]
+        if self.latent_stats == "per_channel":  # only then: the original state_dict layout is kept otherwise
             self.register_buffer("latent_mean", torch.zeros(self.channels))
             self.register_buffer("latent_std", torch.ones(self.channels))
-        self.first_stage_model = instantiate_first_stage(first_stage_config)
-        self.cond_stage_model = instantiate_cond_stage(cond_stage_config, cond_stage_trainable,
+        self.first_stage_model = instantiate_first_stage(options["first_stage_config"])
+        self.cond_stage_model = instantiate_cond_stage(options["cond_stage_config"], self.cond_stage_trainable,
                                                        self.first_stage_model)
-        self.cond_stage_forward = cond_stage_forward
+        self.cond_stage_forward = options["cond_stage_forward"]
         self.clip_denoised = False
-        self.ucg_rate = ucg_rate
-        self.cfg_dropout = ConditioningDropout(dropout_rates(self.cond_stage_model, cond_stage_key, ucg_rate,
-                                                             self.ucg_training))
-        self.restarted_from_ckpt = False
-        if ckpt_path:
-            self.init_from_ckpt(ckpt_path, ignore_keys)
-        self._finish_ema_options(reset_ema, reset_num_ema_updates)
+        self.ucg_rate = options["ucg_rate"]
+        self._null_cond: torch.Tensor | None = None
+        cached = {self.cond_stage_key: (CACHED_COND, self.encoded_null_conditioning)} \
+            if self.caches_conditioning() else None
+        self.cfg_dropout = ConditioningDropout(dropout_rates(self.cond_stage_model, self.cond_stage_key,
+                                                             self.ucg_rate, self.ucg_training), cached=cached)
 
     # ---------------------------------------------------------------------------------------------- schedule
     def register_schedule(self, *args: Any, **kwargs: Any) -> None:
@@ -175,8 +186,9 @@ class LatentDiffusion(LegacyLatentSampling, DDPM):
         """
         if not self.scale_by_std or self.restarted_from_ckpt or batches_seen(self.trainer) != 0:
             return
-        x = self.get_input_image(batch).to(self.device)
-        z = latent_from_posterior(self.encode_first_stage(x))
+        z = self.cached_latent(batch)
+        if z is None:
+            z = latent_from_posterior(self.encode_first_stage(self.get_input_image(batch).to(self.device)))
         if self.latent_stats == "per_channel":
             mean, std = latent_channel_stats(z, self.trainer.strategy)
             self.latent_mean.copy_(mean)
@@ -225,16 +237,73 @@ class LatentDiffusion(LegacyLatentSampling, DDPM):
         """[z, c] (+ [x, xrec] with return_first_stage_outputs, + [xc] with return_original_cond), the original's
         return list: z the scaled latent of batch[k], c the conditioning (raw when the conditioner trains and
         `force_c_encode` is False, since it is then encoded with gradients in `forward`)."""
-        x = super().get_input(batch, k)
-        if bs is not None:
-            x = x[:bs]
-        x = x.to(self.device)
-        z = self.training_latent(x)
+        cached = self.cached_latent(batch, bs)
+        if cached is None:
+            x = super().get_input(batch, k)
+            if bs is not None:
+                x = x[:bs]
+            x = x.to(self.device)
+            z = self.training_latent(x)
+        else:  # a latent cache: no image in the batch; the inputs shown in logs are the decoded latents
+            z = self.scale_latent(cached.float()).detach().float()
+            x = self.decode_first_stage(z) if return_first_stage_outputs else None
         c = xc = None
         if self.model.conditioning_key is not None:
-            xc = raw_conditioning(batch, cond_key or self.cond_stage_key, self.first_stage_key, x, self.device, bs)
-            c = self.get_learned_conditioning(xc) if (not self.cond_stage_trainable or force_c_encode) else xc
+            key = cond_key or self.cond_stage_key
+            if x is None and key == self.first_stage_key:
+                raise ValueError(f"cond_stage_key '{key}' is the first-stage input, which a latent-cache batch "
+                                 "does not carry")
+            xc = raw_conditioning(batch, key, self.first_stage_key, x, self.device, bs)
+            if CACHED_COND in batch and key == self.cond_stage_key and self.caches_conditioning():
+                c = slice_batch(batch[CACHED_COND], bs).to(self.device)
+            else:
+                c = self.get_learned_conditioning(xc) if (not self.cond_stage_trainable or force_c_encode) else xc
         return self.input_list(z, c, x, xc, return_first_stage_outputs, return_original_cond)
+
+    # ---------------------------------------------------------------------------------------------- latent cache
+    def cached_latent(self, batch: Mapping[str, Any], bs: int | None = None) -> torch.Tensor | None:
+        """The unscaled first-stage latent of a latent-cache batch (a fresh sample of the cached posterior, drawn
+        like the encoder's), or None for a batch of images."""
+        if CACHED_MEAN in batch:
+            mean, logvar = (slice_batch(batch[key], bs).to(self.device) for key in (CACHED_MEAN, CACHED_LOGVAR))
+            return latent_from_posterior(posterior_from_cache(mean, logvar))
+        if CACHED_LATENT in batch:
+            return slice_batch(batch[CACHED_LATENT], bs).to(self.device)
+        return None
+
+    def caches_conditioning(self) -> bool:
+        """Whether a latent cache may hold this model's encoded conditioning: a frozen caption / class encoder."""
+        return (self.cond_stage_model is not None and not self.cond_stage_trainable
+                and self.cond_stage_key in CACHEABLE_COND_KEYS and self.model.conditioning_key is not None)
+
+    @torch.no_grad()
+    def encoded_null_conditioning(self, n: int = 1) -> torch.Tensor:
+        """The encoded null input (for guidance dropout of cached conditioning), computed once per device."""
+        if self._null_cond is None or self._null_cond.device != self.device:
+            self._null_cond = self.unconditional_conditioning(1).detach()
+        return self._null_cond.expand(n, *self._null_cond.shape[1:]) if n != 1 else self._null_cond
+
+    def latent_cache_fingerprint(self, with_conditioning: bool = True) -> CacheFingerprint:
+        """This model's side of a latent cache's fingerprint (weights hashes, scale_factor / scale_by_std)."""
+        cond = None
+        if with_conditioning and self.caches_conditioning():
+            cond = weights_sha256(self.cond_stage_model)
+        return CacheFingerprint(weights_sha256(self.first_stage_model), float(self.scale_factor),
+                                bool(self.scale_by_std), cond)
+
+    def on_train_start(self) -> None:
+        """Check a latent cache the training data comes from against this model (a mismatch is an error)."""
+        super().on_train_start()
+        loader = getattr(self.trainer, "train_dataloader", None)
+        cache = getattr(getattr(loader, "dataset", None), "cache", None)
+        if isinstance(cache, LatentCache):
+            cache.check_model(self.latent_cache_fingerprint(cache.fingerprint.cond_stage_sha256 is not None))
+
+    def _batch_size(self, batch: Mapping[str, Any]) -> int:
+        for key in (CACHED_MEAN, CACHED_LATENT):
+            if key in batch:
+                return int(batch[key].shape[0])
+        return super()._batch_size(batch)
 
     def training_latent(self, x: torch.Tensor) -> torch.Tensor:
         """The diffusion state of training images x: scale_factor x a posterior sample, detached, float32 even when
@@ -265,24 +334,19 @@ class LatentDiffusion(LegacyLatentSampling, DDPM):
         return c
 
     # ---------------------------------------------------------------------------------------------- training
+    def diffusion_inputs(self, batch: Mapping[str, Any]) -> DiffusionInputs:
+        """(z, c) of a batch in diffusion space, c raw when the conditioner trains (encoded in `diffusion_loss`)."""
+        z, c = self.get_input(batch, self.first_stage_key)
+        return DiffusionInputs(z, c)
+
     def forward(self, x: torch.Tensor, c: Any, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, dict]:
         """Training loss at uniformly drawn t; raw conditioning is encoded here when the conditioner trains."""
-        t = self._random_timesteps(x.shape[0])
-        return self.p_losses(x, self.prepare_conditioning(c, t), t, *args, **kwargs)
+        return self.diffusion_loss(DiffusionInputs(x, c), self.random_timesteps(x.shape[0]), *args, **kwargs)
 
     def p_losses(self, x_start: torch.Tensor, cond: Any, t: torch.Tensor,
                  noise: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """(loss, log dict) at timesteps t with encoded conditioning (original signature)."""
-        return self._score(x_start, cond, t, noise)
-
-    def loss_inputs(self, batch: Mapping[str, Any]) -> tuple:
-        """(z, c) of a batch, c raw when the conditioner trains."""
-        return tuple(self.get_input(batch, self.first_stage_key))
-
-    def loss_at(self, inputs: tuple, t: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-        """Loss of (z, c) at given t and noise (c encoded here when the conditioner trains)."""
-        z, c = inputs
-        return self.p_losses(z, self.prepare_conditioning(c, t), t, noise)
+        return self.diffusion_loss(DiffusionInputs(x_start, cond, cond_ready=True), t, noise)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The wrapper (+ logvar) and, when `cond_stage_trainable`, the conditioner's trainable parameters."""

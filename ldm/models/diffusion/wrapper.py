@@ -64,7 +64,17 @@ class DiffusionWrapper(nn.Module):
         self.diffusion_model = instantiate_from_config(diff_model_config, key_path="model.params.unet_config")
         self.conditioning_key = conditioning_key
 
-    def _need(self, name: str, value: list | None) -> list:
+    def conditioning_inputs(self, cond: Any) -> dict[str, Any]:
+        """`forward`'s keyword arguments for conditioning in any accepted form (a tensor, a list, or a dict of
+        c_concat / c_crossattn / c_adm): the one place conditioning is normalised (`wrapper_kwargs`)."""
+        return wrapper_kwargs(cond, self.conditioning_key)
+
+    def route(self, x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        """UNet output for x_t at timesteps t with conditioning in any accepted form."""
+        return self(x, t, **self.conditioning_inputs(cond))
+
+    def _required(self, name: str, value: list | None) -> list:
+        """`value` (a list of conditioning tensors), or a ValueError naming what this conditioning_key needs."""
         if not value:
             raise ValueError(f"conditioning_key {self.conditioning_key!r} needs {name} (a non-empty list of tensors)")
         return value
@@ -76,19 +86,19 @@ class DiffusionWrapper(nn.Module):
         if key is None:
             return self.diffusion_model(x, t)
         if key == "concat":
-            return self.diffusion_model(torch.cat([x, *self._need("c_concat", c_concat)], dim=1), t)
+            return self.diffusion_model(torch.cat([x, *self._required("c_concat", c_concat)], dim=1), t)
         if key == "crossattn":
-            return self.diffusion_model(x, t, context=torch.cat(self._need("c_crossattn", c_crossattn), dim=1))
+            return self.diffusion_model(x, t, context=torch.cat(self._required("c_crossattn", c_crossattn), dim=1))
         if key == "hybrid":
-            xc = torch.cat([x, *self._need("c_concat", c_concat)], dim=1)
-            return self.diffusion_model(xc, t, context=torch.cat(self._need("c_crossattn", c_crossattn), dim=1))
+            xc = torch.cat([x, *self._required("c_concat", c_concat)], dim=1)
+            return self.diffusion_model(xc, t, context=torch.cat(self._required("c_crossattn", c_crossattn), dim=1))
         if key == "adm":
-            return self.diffusion_model(x, t, y=self._need("c_crossattn", c_crossattn)[0])
+            return self.diffusion_model(x, t, y=self._required("c_crossattn", c_crossattn)[0])
         if c_adm is None:
             raise ValueError(f"conditioning_key {key!r} needs c_adm (the UNet's y)")
-        context = torch.cat(self._need("c_crossattn", c_crossattn), dim=1)
+        context = torch.cat(self._required("c_crossattn", c_crossattn), dim=1)
         if key == "hybrid-adm":
-            xc = torch.cat([x, *self._need("c_concat", c_concat)], dim=1)
+            xc = torch.cat([x, *self._required("c_concat", c_concat)], dim=1)
             return self.diffusion_model(xc, t, context=context, y=c_adm)
         return self.diffusion_model(x, t, context=context, y=c_adm)  # crossattn-adm
 
@@ -96,15 +106,14 @@ class DiffusionWrapper(nn.Module):
 def make_model_fn(wrapper: DiffusionWrapper, params: Mapping[str, torch.Tensor] | None = None) -> ModelFn:
     """A plain `model_fn(x, t, cond) -> raw output` over `wrapper`; with `params`, those weights are used instead
     of the wrapper's own (`torch.func.functional_call`, so nothing is swapped in or out of the module)."""
-    key = wrapper.conditioning_key
 
     def model_fn(x: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
         """Raw network output (eps, x0 or v) at x_t and integer timesteps t."""
-        kwargs = wrapper_kwargs(cond, key)
         if params is None:
-            out = wrapper(x, t, **kwargs)
+            out = wrapper.route(x, t, cond)
         else:
-            out = torch.func.functional_call(wrapper, dict(params), (x, t), kwargs, strict=False)
+            out = torch.func.functional_call(wrapper, dict(params), (x, t), wrapper.conditioning_inputs(cond),
+                                             strict=False)
         return out[0] if isinstance(out, tuple) else out
 
     return model_fn

@@ -10,6 +10,8 @@ their original import path.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -57,6 +59,115 @@ def _per_level(value, n_levels: int, name: str) -> list:
     if len(value) != n_levels:
         raise ValueError(f"UNetModel: {name} needs one entry per level of channel_mult ({n_levels}), got {value}")
     return value
+
+
+@dataclass
+class BlockFactory:
+    """The per-config choices every U-Net block is built from, with the original's head arithmetic in one place."""
+
+    time_embed_dim: int
+    dims: int
+    conv_resample: bool
+    resblock_updown: bool
+    res: dict  # ResBlock options: dropout, dims, use_checkpoint, use_scale_shift_norm, norm_num_groups
+    num_heads: int
+    num_head_channels: int
+    legacy: bool
+    use_spatial_transformer: bool
+    context_dim: list | None
+    use_linear_in_transformer: bool
+    use_checkpoint: bool
+    use_new_attention_order: bool
+    norm_num_groups: int
+    attention_resolutions: tuple
+    num_attention_blocks: list | None
+    disable_self_attentions: list | None
+    depths: list
+
+    def resblock(self, ch: int, out_channels: int | None = None, **updown: bool) -> ResBlock:
+        """A ResBlock from `ch` to `out_channels` (default `ch`); `down=True` / `up=True` resample inside it."""
+        return ResBlock(ch, self.time_embed_dim, out_channels=out_channels, **updown, **self.res)
+
+    def attention(self, ch: int, heads_for_attention_block: int, depth: int, no_self_attn: bool) -> nn.Module:
+        """The attention layer at `ch` channels (the original's head arithmetic, legacy included)."""
+        if self.num_head_channels == -1:
+            heads, dim_head = self.num_heads, ch // self.num_heads
+        else:
+            heads, dim_head = ch // self.num_head_channels, self.num_head_channels
+        if self.legacy:
+            dim_head = ch // heads if self.use_spatial_transformer else self.num_head_channels
+        if not self.use_spatial_transformer:
+            return AttentionBlock(ch, use_checkpoint=self.use_checkpoint, num_heads=heads_for_attention_block,
+                                  num_head_channels=dim_head, use_new_attention_order=self.use_new_attention_order,
+                                  norm_num_groups=self.norm_num_groups)
+        return SpatialTransformer(ch, heads, dim_head, depth=depth, context_dim=self.context_dim,
+                                  disable_self_attn=no_self_attn, use_linear=self.use_linear_in_transformer,
+                                  use_checkpoint=self.use_checkpoint, norm_num_groups=self.norm_num_groups)
+
+    def wants_attention(self, ds: int, level: int, index: int) -> bool:
+        """Whether the `index`-th block of `level` (at downsampling factor ds) gets an attention layer."""
+        return ds in self.attention_resolutions and (self.num_attention_blocks is None
+                                                     or index < self.num_attention_blocks[level])
+
+    def level_attention(self, ch: int, heads: int, level: int) -> nn.Module:
+        """The attention layer of a block at `level` (its depth and self-attention switch)."""
+        no_self_attn = bool(self.disable_self_attentions[level]) if self.disable_self_attentions is not None else False
+        return self.attention(ch, heads, self.depths[level], no_self_attn)
+
+    def downsample(self, ch: int) -> nn.Module:
+        """Halve the resolution: a ResBlock(down=True) with `resblock_updown`, else a (conv) Downsample."""
+        return self.resblock(ch, ch, down=True) if self.resblock_updown else \
+            Downsample(ch, self.conv_resample, dims=self.dims, out_channels=ch)
+
+    def upsample(self, ch: int) -> nn.Module:
+        """Double the resolution: a ResBlock(up=True) with `resblock_updown`, else a (conv) Upsample."""
+        return self.resblock(ch, ch, up=True) if self.resblock_updown else \
+            Upsample(ch, self.conv_resample, dims=self.dims, out_channels=ch)
+
+
+def input_blocks(blocks: BlockFactory, in_channels: int, model_channels: int, channel_mult: tuple,
+                 num_res_blocks: list) -> tuple[nn.ModuleList, list[int], int, int]:
+    """The encoder half: a conv, then per level its ResBlocks [+ attention] and a downsample (not after the last).
+
+    Returns (the blocks, the channels of each block's output: the skip connections, the last channels, the final
+    downsampling factor)."""
+    modules = nn.ModuleList([TimestepEmbedSequential(conv_nd(blocks.dims, in_channels, model_channels, 3, padding=1))])
+    skip_channels = [model_channels]
+    ch, ds = model_channels, 1
+    for level, mult in enumerate(channel_mult):
+        for index in range(num_res_blocks[level]):
+            layers: list[nn.Module] = [blocks.resblock(ch, mult * model_channels)]
+            ch = mult * model_channels
+            if blocks.wants_attention(ds, level, index):
+                layers.append(blocks.level_attention(ch, blocks.num_heads, level))
+            modules.append(TimestepEmbedSequential(*layers))
+            skip_channels.append(ch)
+        if level != len(channel_mult) - 1:
+            modules.append(TimestepEmbedSequential(blocks.downsample(ch)))
+            skip_channels.append(ch)
+            ds *= 2
+    return modules, skip_channels, ch, ds
+
+
+def output_blocks(blocks: BlockFactory, model_channels: int, channel_mult: tuple, num_res_blocks: list,
+                  heads: int, skip_channels: list[int], ch: int, ds: int) -> tuple[nn.ModuleList, list[int]]:
+    """The decoder half: per level (deepest first) num_res_blocks + 1 ResBlocks over the skip-concatenated features
+    [+ attention], an upsample after the last one of every level but the top. `skip_channels` is consumed.
+
+    Returns (the blocks, the channels of each block's output)."""
+    modules, channels = nn.ModuleList([]), []
+    for level, mult in list(enumerate(channel_mult))[::-1]:
+        for index in range(num_res_blocks[level] + 1):
+            layers: list[nn.Module] = [blocks.resblock(ch + skip_channels.pop(), model_channels * mult)]
+            ch = model_channels * mult
+            if blocks.wants_attention(ds, level, index):
+                layers.append(blocks.level_attention(ch, heads, level))
+            if level and index == num_res_blocks[level]:
+                layers.append(blocks.upsample(ch))
+                ds //= 2
+            modules.append(TimestepEmbedSequential(*layers))
+            channels.append(ch)
+    return modules, channels
 
 
 class UNetModel(nn.Module):
@@ -123,75 +234,30 @@ class UNetModel(nn.Module):
         if num_classes is not None:
             self.label_emb = self._make_label_emb(num_classes, time_embed_dim, adm_in_channels)
 
-        res = dict(dropout=dropout, dims=dims, use_checkpoint=use_checkpoint,
-                   use_scale_shift_norm=use_scale_shift_norm, norm_num_groups=norm_num_groups)
-
-        def attention(ch: int, heads_for_attention_block: int, depth: int, no_self_attn: bool):
-            """The attention layer at `ch` channels (the original's head arithmetic, legacy included)."""
-            if num_head_channels == -1:
-                heads, dim_head = num_heads, ch // num_heads
-            else:
-                heads, dim_head = ch // num_head_channels, num_head_channels
-            if legacy:
-                dim_head = ch // heads if use_spatial_transformer else num_head_channels
-            if not use_spatial_transformer:
-                return AttentionBlock(ch, use_checkpoint=use_checkpoint, num_heads=heads_for_attention_block,
-                                      num_head_channels=dim_head, use_new_attention_order=use_new_attention_order,
-                                      norm_num_groups=norm_num_groups)
-            return SpatialTransformer(ch, heads, dim_head, depth=depth, context_dim=context_dim,
-                                      disable_self_attn=no_self_attn, use_linear=use_linear_in_transformer,
-                                      use_checkpoint=use_checkpoint, norm_num_groups=norm_num_groups)
-
-        def wants_attention(ds: int, level: int, index: int) -> bool:
-            return ds in self.attention_resolutions and (num_attention_blocks is None
-                                                         or index < num_attention_blocks[level])
-
-        def self_attn_disabled(level: int) -> bool:
-            return bool(disable_self_attentions[level]) if disable_self_attentions is not None else False
-
-        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(conv_nd(dims, in_channels, model_channels, 3,
-                                                                           padding=1))])
-        input_block_chans = [model_channels]
-        ch, ds = model_channels, 1
-        self._feature_size = model_channels
-        for level, mult in enumerate(channel_mult):
-            for nr in range(self.num_res_blocks[level]):
-                layers: list[nn.Module] = [ResBlock(ch, time_embed_dim, out_channels=mult * model_channels, **res)]
-                ch = mult * model_channels
-                if wants_attention(ds, level, nr):
-                    layers.append(attention(ch, num_heads, depths[level], self_attn_disabled(level)))
-                self.input_blocks.append(TimestepEmbedSequential(*layers))
-                self._feature_size += ch
-                input_block_chans.append(ch)
-            if level != n_levels - 1:
-                down = (ResBlock(ch, time_embed_dim, out_channels=ch, down=True, **res) if resblock_updown
-                        else Downsample(ch, conv_resample, dims=dims, out_channels=ch))
-                self.input_blocks.append(TimestepEmbedSequential(down))
-                input_block_chans.append(ch)
-                ds *= 2
-                self._feature_size += ch
-
+        blocks = BlockFactory(
+            time_embed_dim=time_embed_dim, dims=dims, conv_resample=conv_resample, resblock_updown=resblock_updown,
+            res=dict(dropout=dropout, dims=dims, use_checkpoint=use_checkpoint,
+                     use_scale_shift_norm=use_scale_shift_norm, norm_num_groups=norm_num_groups),
+            num_heads=num_heads, num_head_channels=num_head_channels, legacy=legacy,
+            use_spatial_transformer=use_spatial_transformer, context_dim=context_dim,
+            use_linear_in_transformer=use_linear_in_transformer, use_checkpoint=use_checkpoint,
+            use_new_attention_order=use_new_attention_order, norm_num_groups=norm_num_groups,
+            attention_resolutions=self.attention_resolutions, num_attention_blocks=num_attention_blocks,
+            disable_self_attentions=disable_self_attentions, depths=depths)
+        # Built in the original's order (so a seed gives the original's initial weights): down, middle, up.
+        self.input_blocks, skip_channels, ch, ds = input_blocks(blocks, in_channels, model_channels, channel_mult,
+                                                                self.num_res_blocks)
         # The middle block always has attention, whatever attention_resolutions says (as the original).
         self.middle_block = TimestepEmbedSequential(
-            ResBlock(ch, time_embed_dim, **res),
-            attention(ch, num_heads, depths[-1], disable_middle_self_attn),
-            ResBlock(ch, time_embed_dim, **res))
-        self._feature_size += ch
-
-        self.output_blocks = nn.ModuleList([])
-        for level, mult in list(enumerate(channel_mult))[::-1]:
-            for i in range(self.num_res_blocks[level] + 1):
-                ich = input_block_chans.pop()
-                layers = [ResBlock(ch + ich, time_embed_dim, out_channels=model_channels * mult, **res)]
-                ch = model_channels * mult
-                if wants_attention(ds, level, i):
-                    layers.append(attention(ch, num_heads_upsample, depths[level], self_attn_disabled(level)))
-                if level and i == self.num_res_blocks[level]:
-                    layers.append(ResBlock(ch, time_embed_dim, out_channels=ch, up=True, **res) if resblock_updown
-                                  else Upsample(ch, conv_resample, dims=dims, out_channels=ch))
-                    ds //= 2
-                self.output_blocks.append(TimestepEmbedSequential(*layers))
-                self._feature_size += ch
+            blocks.resblock(ch), blocks.attention(ch, num_heads, depths[-1], disable_middle_self_attn),
+            blocks.resblock(ch))
+        middle_channels = ch
+        self.output_blocks, output_channels = output_blocks(blocks, model_channels, channel_mult,
+                                                            self.num_res_blocks, num_heads_upsample,
+                                                            list(skip_channels), ch, ds)
+        ch = output_channels[-1]
+        # Channels of every block's output, summed (the original's `_feature_size`).
+        self._feature_size = sum(skip_channels) + middle_channels + sum(output_channels)
 
         self.out = nn.Sequential(normalization(ch, num_groups=norm_num_groups), nn.SiLU(),
                                  zero_module(conv_nd(dims, model_channels, out_channels, 3, padding=1)))

@@ -15,7 +15,7 @@ from torch import nn
 
 from ldm.modules.attention import SpatialTransformer
 from ldm.modules.diffusionmodules.util import (GROUPNORM_GROUPS, avg_pool_nd, checkpoint, conv_nd, linear,
-                                               normalization, zero_module)
+                                               memory_format_of, normalization, zero_module)
 
 
 class TimestepBlock(nn.Module):
@@ -221,6 +221,7 @@ class AttentionBlock(nn.Module):
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, *spatial = x.shape
+        fmt = memory_format_of(x)
         x = x.reshape(b, c, -1)
         h = self.proj_out(self.attention(self.qkv(self.norm(x))))
-        return (x + h).reshape(b, c, *spatial)
+        return (x + h).reshape(b, c, *spatial).contiguous(memory_format=fmt)  # the input's layout: no mixed formats

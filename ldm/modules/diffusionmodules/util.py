@@ -164,7 +164,7 @@ def make_ddim_timesteps(ddim_discr_method: str, num_ddim_timesteps: int, num_ddp
     """Ascending DDPM indices of a DDIM run, "uniform" or "quad" with the original +1 offset (original helper; the
     rule itself is `ldm.diffusion.samplers.make_timesteps`)."""
     # imported here, not at the top: networks sit below the diffusion maths in the layer order
-    from ldm.diffusion.samplers.base import make_timesteps
+    from ldm.diffusion.samplers.timesteps import make_timesteps
 
     if ddim_discr_method not in ("uniform", "quad"):
         raise NotImplementedError(f"There is no ddim discretization method called \"{ddim_discr_method}\" "

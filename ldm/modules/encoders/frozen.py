@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ldm.modules.encoders.base import AbstractEncoder
+from ldm.modules.encoders.conditioner import AbstractEncoder
 from ldm.modules.encoders.cache import CaptionCache
 from ldm.modules.encoders.pretrained import (CLIP_VOCAB_SIZE, check_vocab, default_text_model_path, load_model,
                                              load_tokenizer)

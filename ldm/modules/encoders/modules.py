@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldm.modules.encoders.base import AbstractEncoder, IdentityEncoder
+from ldm.modules.encoders.conditioner import AbstractEncoder, IdentityEncoder
 from ldm.modules.encoders.frozen import FrozenCLIPEmbedder, FrozenHFTextEncoder, TextModelHolder, as_text_list
 from ldm.modules.encoders.pretrained import (BERT_VOCAB_SIZE, PretrainedNotAvailableError, check_vocab,
                                              default_text_model_path, load_tokenizer)

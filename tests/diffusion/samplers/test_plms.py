@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ldm.diffusion.samplers import make_timesteps, sample_ddim, sample_plms
-from ldm.diffusion.samplers.base import step_alphas
+from ldm.diffusion.samplers.timesteps import step_alphas
 
 
 def test_model_call_pattern(ldm_schedule):

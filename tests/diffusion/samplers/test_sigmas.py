@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from ldm.diffusion.samplers.base import make_timesteps
+from ldm.diffusion.samplers.timesteps import make_timesteps
 from ldm.diffusion.samplers.sigmas import exponential_sigmas, karras_sigmas, make_sigmas
 from ldm.diffusion.schedule import DiffusionSchedule
 

@@ -4,7 +4,7 @@ import torch
 
 from ldm.diffusion.parameterization import Denoiser
 from ldm.diffusion.samplers import available_samplers, get_sampler
-from ldm.diffusion.samplers.base import ThresholdedDenoiser, make_denoiser, resolve_thresholding, threshold_x0
+from ldm.diffusion.samplers.denoising import ThresholdedDenoiser, make_denoiser, resolve_thresholding, threshold_x0
 
 
 def test_clip_and_identity():

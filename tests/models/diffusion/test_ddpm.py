@@ -68,6 +68,20 @@ def test_new_switches_give_a_finite_loss():
     assert torch.isfinite(loss) and set(logs) == {"train/loss_simple", "train/loss_vlb", "train/loss"}
 
 
+def test_soft_min_snr_is_a_config_switch():
+    from ldm.diffusion.weighting import MinSNRWeighting
+
+    hard, soft = build(min_snr_gamma=5.0), build(min_snr_gamma=5.0, min_snr_soft=True)
+    assert isinstance(soft.loss_fn.weighting, MinSNRWeighting) and soft.loss_fn.weighting.soft
+    assert not hard.loss_fn.weighting.soft
+    soft.load_state_dict(hard.state_dict())
+    batch, t = dc.batch(n=2, size=8), torch.tensor([10, 90])
+    noise = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    x = hard.get_input(batch, "image")
+    hard_loss, soft_loss = hard.p_losses(x, t, noise)[0], soft.p_losses(x, t, noise)[0]
+    assert torch.isfinite(soft_loss) and float(soft_loss) < float(hard_loss)  # the smooth minimum lies below
+
+
 def test_init_from_ckpt_restores_and_resets_a_missing_ema(tmp_path):
     src = build()
     with torch.no_grad():

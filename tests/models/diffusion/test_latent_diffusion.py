@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from ldm.diffusion.schedule import SCHEDULE_BUFFER_NAMES
+from ldm.models.diffusion.denoising_diffusion import DiffusionInputs
 from ldm.models.diffusion.first_stage import latent_from_posterior
 from ldm.util import ConfigError, instantiate_from_config
 
@@ -80,18 +81,18 @@ def test_lightning_training_reduces_the_loss_and_checkpoint_keeps_scale(tmp_path
                   unet_config=dc.unet_config(in_channels=3, out_channels=3), scale_by_std=True, use_ema=False)
     b = dc.batch(n=4, size=8)
     g = torch.Generator().manual_seed(0)
-    inputs = model.loss_inputs(b)  # fixed data, t and noise before and after (scale_factor is 1 here)
+    inputs = model.diffusion_inputs(b)  # fixed data, t and noise before and after (scale_factor is 1 here)
     t = torch.randint(0, model.num_timesteps, (4,), generator=g)
-    noise = torch.randn(inputs[0].shape, generator=g)
+    noise = torch.randn(inputs.x0.shape, generator=g)
     model.eval()
     with torch.no_grad():
-        before = float(model.loss_at(inputs, t, noise)[0])
+        before = float(model.diffusion_loss(inputs, t, noise)[0])
     trainer = dc.fit(model, steps=15, size=8, lr=3e-3)
-    expected_scale = 1.0 / inputs[0].flatten().std()
+    expected_scale = 1.0 / inputs.x0.flatten().std()
     assert torch.allclose(model.scale_factor, expected_scale)  # the identity "latents" are the images
     model.eval()
     with torch.no_grad():
-        after = float(model.loss_at((inputs[0] * model.scale_factor, inputs[1]), t, noise)[0])
+        after = float(model.diffusion_loss(DiffusionInputs(inputs.x0 * model.scale_factor, inputs.cond), t, noise)[0])
     assert after < 0.7 * before, (before, after)
     path = tmp_path / "fit.ckpt"
     trainer.save_checkpoint(path)

@@ -285,3 +285,24 @@ def test_norm_num_groups_reaches_every_groupnorm_and_keeps_the_state_dict(attent
     assert narrow(x, t, context=context).shape == x.shape
     with pytest.raises(ValueError, match="GroupNorm with 24 groups needs channels divisible by 24, got 32"):
         UNetModel(**config, norm_num_groups=24)
+
+
+@pytest.mark.parametrize("config", [dict(SMALL_XATTN, use_checkpoint=True), dict(SMALL, num_heads=2, legacy=True)],
+                         ids=["spatial-transformer", "attention-block"])
+def test_channels_last_input_stays_channels_last_with_the_same_numbers(config):
+    """Every block keeps a channels_last input in channels_last (mixed layouts make every later op copy), and the
+    numbers (output, input and parameter gradients) are those of the NCHW run."""
+    model = UNetModel(**config)
+    _randomise(model)
+    context = torch.randn(2, 3, 16) if "context_dim" in config else None
+    results = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        model.zero_grad()
+        torch.manual_seed(0)
+        x = torch.randn(2, 4, 8, 8).contiguous(memory_format=fmt).requires_grad_(True)
+        out = model(x, torch.tensor([1, 900]), context=context)
+        assert out.is_contiguous(memory_format=fmt)
+        out.square().mean().backward()
+        results.append([out.detach(), x.grad] + [p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from ldm.diffusion.samplers.base import (check_inputs, check_timesteps, make_timesteps, restore_known, select_timesteps,
-                                         step_alphas)
+from ldm.diffusion.samplers.denoising import check_inputs, restore_known
+from ldm.diffusion.samplers.timesteps import check_timesteps, make_timesteps, select_timesteps, step_alphas
 from ldm.diffusion.schedule import DiffusionSchedule
 
 

@@ -1,33 +1,19 @@
-"""Load a trained model from a `main.py` run folder (its saved configs + a checkpoint) for evaluation and sampling."""
+"""Load a trained model from a `main.py` run folder (its saved configs + a checkpoint) for evaluation and sampling,
+with its training losses replaced by an identity (no discriminator or LPIPS weights needed)."""
 
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ldm.trainer.cli import resolve_resume
-from ldm.util import instantiate_from_config, load_configs
+from ldm.run_folder import run_config
+from ldm.util import instantiate_from_config
 
 log = logging.getLogger(__name__)
 
 INFERENCE_LOSS = {"target": "torch.nn.Identity"}
-
-
-def run_config(path: str) -> tuple[DictConfig, str]:
-    """(merged config, checkpoint path) of a run folder or of a `.ckpt` inside one, or of a folder in the original
-    layout (config.yaml + model.ckpt)."""
-    info = resolve_resume(path, inference=True)
-    return load_configs(info.configs), info.ckpt
-
-
-def run_logdir(ckpt: str) -> str:
-    """The folder a run's checkpoint belongs to: <logdir> of <logdir>/checkpoints/x.ckpt, or the folder of an
-    original-layout model.ckpt (next to its config.yaml)."""
-    folder = os.path.dirname(os.path.abspath(ckpt))
-    return folder if os.path.basename(folder) != "checkpoints" else os.path.dirname(folder)
 
 
 # Sub-models whose configs may carry their own training loss (CompVis first stages name LPIPSWithDiscriminator or

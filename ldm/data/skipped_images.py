@@ -1,4 +1,4 @@
-"""Shared pieces of the datasets: the bad-file warning, a skip counter that survives DataLoader workers, unwrapping."""
+"""Images a dataset had to skip: the bad-file warning, and a skip count that survives DataLoader workers."""
 
 from __future__ import annotations
 

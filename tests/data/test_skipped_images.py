@@ -2,7 +2,7 @@
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
-from ldm.data.base import SkipCounter, skipped_count
+from ldm.data.skipped_images import SkipCounter, skipped_count
 from ldm.data.datamodule import WrappedDataset
 from ldm.data.image_folder import ImageFolder
 

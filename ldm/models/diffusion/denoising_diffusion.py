@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -27,7 +28,8 @@ from ldm.models.diffusion import image_logging
 from ldm.models.diffusion.conditioning import ConditioningDropout, dropout_rates, image_from_batch
 from ldm.models.diffusion.legacy_sampling import LegacyDDPMSampling
 from ldm.models.diffusion.restore import LoadReport, restore_weights
-from ldm.models.diffusion.wrapper import DiffusionWrapper, ema_parameters, make_model_fn, wrapper_kwargs
+from ldm.models.diffusion.wrapper import DiffusionWrapper, ema_parameters, make_model_fn
+from ldm.modules.compile import compile_or_warn, is_compiled
 from ldm.modules.ema import LitEma, ema_scope
 from ldm.optim import adam
 from ldm.util import ConfigError, count_params, instantiate_from_config
@@ -40,12 +42,24 @@ ADAMW_WEIGHT_DECAY = 0.01
 DENOISE_ROW_FRAMES = 8
 
 
+@dataclass
+class DiffusionInputs:
+    """One batch in diffusion space: `x0` (images for DDPM, scaled latents for LatentDiffusion) and its
+    conditioning `cond`: raw or encoded as the model's `prepare_conditioning` takes it, or already what the
+    network takes when `cond_ready` (the original `p_losses` receives it so)."""
+
+    x0: torch.Tensor
+    cond: Any = None
+    cond_ready: bool = False
+
+
 class DDPM(LegacyDDPMSampling, pl.LightningModule):
     """Denoising diffusion (Ho et al. 2020) with the CompVis `DDPM` constructor, state_dict and logged metrics.
 
     state_dict: `model.diffusion_model.*` (the UNet), `model_ema.*` (LitEma over `self.model`), the 12 schedule
     buffers, and `logvar` when `learn_logvar`. New switches: `zero_terminal_snr` (Lin et al. 2023),
-    `min_snr_gamma` (Hang et al. 2023) and `offset_noise_strength`; `parameterization` may also be "v".
+    `min_snr_gamma` (Hang et al. 2023; `min_snr_soft`: its smooth minimum) and `offset_noise_strength`;
+    `parameterization` may also be "v"; `compile` torch.compiles the networks block by block when training starts.
     Validation scores the plain and the EMA weights on the same t and noise (seeded per batch index), so
     `val/*` and `val/*_ema` differ only by the weights and are comparable across epochs.
     """
@@ -61,7 +75,8 @@ class DDPM(LegacyDDPMSampling, pl.LightningModule):
                  use_positional_encodings: bool = False, learn_logvar: bool = False, logvar_init: float = 0.0,
                  make_it_fit: bool = False, ucg_training: Any = None, reset_ema: bool = False,
                  reset_num_ema_updates: bool = False, zero_terminal_snr: bool = False,
-                 min_snr_gamma: float | None = None, offset_noise_strength: float = 0.0):
+                 min_snr_gamma: float | None = None, offset_noise_strength: float = 0.0, min_snr_soft: bool = False,
+                 compile: bool = False):
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
             raise ConfigError(f"model.params.parameterization: {parameterization!r} is not one of {PARAMETERIZATIONS}")
@@ -72,7 +87,7 @@ class DDPM(LegacyDDPMSampling, pl.LightningModule):
             raise ConfigError("model.params.reset_ema: true needs model.params.ckpt_path (it resets the EMA to the "
                               "restored weights)")
         self.parameterization = parameterization
-        self.cond_stage_model: nn.Module | None = None
+        self.compile_blocks = bool(compile)  # `compile: true`: torch.compile per block at fit start (on_fit_start)
         self.clip_denoised = clip_denoised
         self.log_every_t = log_every_t
         self.first_stage_key = first_stage_key
@@ -80,12 +95,6 @@ class DDPM(LegacyDDPMSampling, pl.LightningModule):
         self.channels = channels
         self.use_positional_encodings = use_positional_encodings
         self.learning_rate: float | None = None  # set by main.py from model.base_learning_rate
-        self.restarted_from_ckpt = False
-        self.model = DiffusionWrapper(unet_config, conditioning_key)
-        log.info("%s has %.2f M params.", type(self.model).__name__, count_params(self.model) * 1e-6)
-        self.use_ema = use_ema
-        if use_ema:
-            self.model_ema = LitEma(self.model)
         self.use_scheduler = scheduler_config is not None
         self.scheduler_config = scheduler_config
         self.v_posterior = v_posterior
@@ -96,26 +105,40 @@ class DDPM(LegacyDDPMSampling, pl.LightningModule):
             self.monitor = monitor
         self.make_it_fit = make_it_fit
         self.zero_terminal_snr = zero_terminal_snr
+        self.restarted_from_ckpt = False  # set when weights come from a checkpoint (no first-batch estimates then)
+        # Built in this order, top to bottom: network, EMA, schedule, conditioning, loss, then the checkpoint.
+        self.model = DiffusionWrapper(unet_config, conditioning_key)
+        log.info("%s has %.2f M params.", type(self.model).__name__, count_params(self.model) * 1e-6)
+        self.use_ema = use_ema
+        if use_ema:
+            self.model_ema = LitEma(self.model)
         self.register_schedule(given_betas=given_betas, beta_schedule=beta_schedule, timesteps=timesteps,
                                linear_start=linear_start, linear_end=linear_end, cosine_s=cosine_s)
+        self.ucg_training = dict(ucg_training or {})
+        self.build_conditioning()
         self.loss_fn = DiffusionLoss(parameterization, loss_type, l_simple_weight, original_elbo_weight,
-                                     min_snr_gamma, offset_noise_strength)
+                                     min_snr_gamma, offset_noise_strength, min_snr_soft)
         self.learn_logvar = learn_logvar
         logvar = make_logvar(self.num_timesteps, logvar_init, learn_logvar)
         if learn_logvar:
             self.logvar = logvar
         else:  # not in checkpoints (as the original's plain tensor) but follows the module's device
             self.register_buffer("logvar", logvar, persistent=False)
-        self.ucg_training = dict(ucg_training or {})
-        self.cfg_dropout = ConditioningDropout(dropout_rates(None, first_stage_key, None, self.ucg_training))
-        if ckpt_path:
-            self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys, only_model=load_only_unet)
-        self._finish_ema_options(reset_ema, reset_num_ema_updates)
+        self.restore(ckpt_path, ignore_keys, load_only_unet, reset_ema, reset_num_ema_updates)
 
-    def _finish_ema_options(self, reset_ema: bool, reset_num_ema_updates: bool) -> None:
-        """SD options: restart the EMA from the restored weights, and/or restart its warm-up count."""
+    def build_conditioning(self) -> None:
+        """Construction step 4: no conditioner in pixel space; guidance dropout of batch keys from `ucg_training`."""
+        self.cond_stage_model: nn.Module | None = None
+        self.cfg_dropout = ConditioningDropout(dropout_rates(None, self.first_stage_key, None, self.ucg_training))
+
+    def restore(self, ckpt_path: str | None, ignore_keys: Any = (), only_model: bool = False, reset_ema: bool = False,
+                reset_num_ema_updates: bool = False) -> None:
+        """The last construction step: weights from `ckpt_path` when given, then the SD EMA options (restart the EMA
+        from the restored weights, and/or restart its warm-up count)."""
         if (reset_ema or reset_num_ema_updates) and not self.use_ema:
             raise ConfigError("model.params.reset_ema / reset_num_ema_updates need use_ema: true")
+        if ckpt_path:
+            self.init_from_ckpt(ckpt_path, ignore_keys=ignore_keys, only_model=only_model)
         if reset_ema:
             log.info("resetting the EMA to the restored weights (reset_ema)")
             self.model_ema = LitEma(self.model)
@@ -190,46 +213,51 @@ class DDPM(LegacyDDPMSampling, pl.LightningModule):
     def apply_model(self, x_noisy: torch.Tensor, t: torch.Tensor, cond: Any = None,
                     return_ids: bool = False) -> torch.Tensor:
         """Raw network output for x_t; `cond` is a tensor, a list, or {c_concat, c_crossattn} (original rule)."""
-        out = self.model(x_noisy, t, **wrapper_kwargs(cond, self.model.conditioning_key))
+        out = self.model.route(x_noisy, t, cond)
         if isinstance(out, tuple) and not return_ids:
             return out[0]
         return out
 
-    def _score(self, x_start: torch.Tensor, cond: Any, t: torch.Tensor,
-               noise: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
-        """The diffusion loss at (x_start, t) with prefix train/val by mode (the body of `p_losses`)."""
+    def diffusion_inputs(self, batch: Mapping[str, Any]) -> DiffusionInputs:
+        """A batch in diffusion space: the images here, with no conditioning."""
+        return DiffusionInputs(self.get_input(batch, self.first_stage_key))
+
+    def prepare_conditioning(self, cond: Any, t: torch.Tensor) -> Any:
+        """Conditioning as the network takes it at steps t (an unconditional DDPM takes none)."""
+        return cond
+
+    def diffusion_loss(self, inputs: DiffusionInputs, t: torch.Tensor,
+                       noise: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """The one loss path (training, validation, `p_losses`, `forward`): x_t ~ q(x_t | x0) at steps t with
+        `noise` (drawn when None), the network's output on x_t and the conditioning, scored by `loss_fn` with log
+        prefix train/val by mode."""
+        cond = inputs.cond if inputs.cond_ready else self.prepare_conditioning(inputs.cond, t)
+        x0 = inputs.x0
         if noise is None:
-            noise = self.loss_fn.noise(x_start)
-        x_noisy = self.q_sample(x_start, t, noise)
-        model_output = self.apply_model(x_noisy, t, cond)
-        target = self.loss_fn.target(self, x_start, noise, t)
+            noise = self.loss_fn.noise(x0)
+        schedule = DiffusionSchedule.view_of(self)  # the registered buffers: on the device, no copies
+        model_output = self.apply_model(q_sample(schedule, x0, t, noise), t, cond)
+        target = self.loss_fn.target(schedule, x0, noise, t)
         prefix = "train" if self.training else "val"
-        return self.loss_fn(model_output, target, t, self, logvar=self.logvar, prefix=prefix)
+        return self.loss_fn(model_output, target, t, schedule, logvar=self.logvar, prefix=prefix)
 
     def p_losses(self, x_start: torch.Tensor, t: torch.Tensor,
                  noise: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """(loss, log dict) of the unconditional model at timesteps t (original signature)."""
-        return self._score(x_start, None, t, noise)
+        return self.diffusion_loss(DiffusionInputs(x_start, None, cond_ready=True), t, noise)
 
-    def _random_timesteps(self, n: int) -> torch.Tensor:
+    def random_timesteps(self, n: int) -> torch.Tensor:
         """t ~ U{0, ..., T-1} drawn on the model's device (no host round trip)."""
         return torch.randint(0, self.num_timesteps, (n,), device=self.device).long()
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, dict]:
-        """Training loss at uniformly drawn timesteps."""
-        return self.p_losses(x, self._random_timesteps(x.shape[0]), *args, **kwargs)
-
-    def loss_inputs(self, batch: Mapping[str, Any]) -> tuple:
-        """What `forward` takes for a batch: (x,) here, (z, c) for latent diffusion."""
-        return (self.get_input(batch, self.first_stage_key),)
-
-    def loss_at(self, inputs: tuple, t: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-        """The loss of `loss_inputs(batch)` at given t and noise (used for seeded validation)."""
-        return self.p_losses(inputs[0], t, noise)
+        """Training loss at uniformly drawn timesteps (original)."""
+        return self.p_losses(x, self.random_timesteps(x.shape[0]), *args, **kwargs)
 
     def shared_step(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict]:
-        """Loss and logs of one batch at random t."""
-        return self(*self.loss_inputs(batch))
+        """Loss and logs of one batch at uniformly drawn t (original name)."""
+        inputs = self.diffusion_inputs(batch)
+        return self.diffusion_loss(inputs, self.random_timesteps(inputs.x0.shape[0]))
 
     def _batch_size(self, batch: Mapping[str, Any]) -> int:
         return int(batch[self.first_stage_key].shape[0])
@@ -250,19 +278,27 @@ class DDPM(LegacyDDPMSampling, pl.LightningModule):
     @torch.no_grad()
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         """val/* with the training weights and val/*_ema with the EMA weights, on the same seeded t and noise."""
-        inputs = self.loss_inputs(batch)
-        x = inputs[0]
+        inputs = self.diffusion_inputs(batch)
+        x = inputs.x0
         # Seeded per batch index: plain and EMA weights see the same t and noise, and so does every validation run.
         generator = torch.Generator().manual_seed(int(batch_idx))
         t = torch.randint(0, self.num_timesteps, (x.shape[0],), generator=generator).to(self.device)
         noise = self.loss_fn.noise(x, generator)
-        _, logs = self.loss_at(inputs, t, noise)
+        _, logs = self.diffusion_loss(inputs, t, noise)
         with self.ema_scope():
-            _, logs_ema = self.loss_at(inputs, t, noise)
+            _, logs_ema = self.diffusion_loss(inputs, t, noise)
         n = x.shape[0]
         self.log_dict(logs, on_step=False, on_epoch=True, sync_dist=True, batch_size=n)
         self.log_dict({k + "_ema": v for k, v in logs_ema.items()}, on_step=False, on_epoch=True, sync_dist=True,
                       batch_size=n)
+
+    def on_fit_start(self) -> None:
+        """`compile: true`: compile the U-Net and the first stage (if any) block by block on their device."""
+        if self.compile_blocks:
+            for what, net in (("the U-Net", self.model.diffusion_model),
+                              ("the first stage", getattr(self, "first_stage_model", None))):
+                if net is not None and not is_compiled(net):
+                    compile_or_warn(net, self.device, what)
 
     def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
         """One EMA step after every training batch (original)."""

@@ -3,7 +3,7 @@
 import torch
 from omegaconf import OmegaConf
 
-from ldm.trainer.runs import load_inference_model, load_model_from_run
+from ldm.models.from_run import load_inference_model, load_model_from_run
 from ldm.util import instantiate_from_config, load_configs
 
 
@@ -51,7 +51,7 @@ def compvis_folder(tmp_path, repo_root):
 
 
 def test_load_model_from_original_layout_folder(tmp_path, repo_root):
-    from ldm.trainer.runs import run_logdir
+    from ldm.run_folder import run_logdir
 
     folder, reference = compvis_folder(tmp_path, repo_root)
     key = "decoder.conv_out.weight"
@@ -70,7 +70,8 @@ def test_load_model_from_original_layout_folder(tmp_path, repo_root):
 def test_original_layout_is_for_inference_only(tmp_path, repo_root):
     import pytest
 
-    from ldm.trainer.cli import UsageError, resolve_resume
+    from ldm.errors import UsageError
+    from ldm.run_folder import resolve_resume
 
     folder, _ = compvis_folder(tmp_path, repo_root)
     with pytest.raises(UsageError, match="no training state to resume.*--base .*config.yaml"):
