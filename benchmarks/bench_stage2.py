@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from ldm.data.latent_cache_write import write_cache
-    from ldm.models.diffusion.conditioning import encode_conditioning
+    from ldm.models.diffusion.conditioning import encode_values
     from ldm.models.diffusion.first_stage import cache_fields
     from ldm.util import instantiate_from_config, load_configs
 
@@ -174,10 +174,10 @@ def main(argv: list[str] | None = None) -> dict:
             return cache_fields(first.encode(x.to(device)))
 
         start = time.perf_counter()
-        write_cache(plain_dm.datasets["train"], cache, encode, model.latent_cache_fingerprint(),
-                    cond_key=model.cond_stage_key if cond is not None else None,
-                    encode_conditioning=(lambda v: encode_conditioning(cond, v)) if cond is not None else None,
-                    batch_size=args.batch)
+        index = write_cache(plain_dm.datasets["train"], cache, encode, model.latent_cache_fingerprint(),
+                            cond_key=model.cond_stage_key if cond is not None else None,
+                            encode_conditioning=(lambda v: encode_values(cond, v, model.cond_stage_forward))
+                            if cond is not None else None, batch_size=args.batch)
         cache_seconds = time.perf_counter() - start
         cached_dm = data_module(config, folder, args, cache)
         ways = {"on the fly": TrainStep(model, optimizer, batches(plain_dm.train_dataloader()), device),
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
     per_image = args.steps * args.batch
     ips = {k: per_image / statistics.median(v) for k, v in times.items()}
     ratio = statistics.median(f / c for f, c in zip(times["on the fly"], times["cached"]))
-    flips = " (+ flipped copies)" if config.data.params.train.params.get("flip", True) else ""
+    flips = " (+ flipped copies)" if index["flip"] else ""
     label = "ldm_txt2img + cpu overlay" if args.overlay else "ldm_txt2img (full first stage)"
     print(f"{label}: {size} px, batch {args.batch}, {args.rounds} rounds x {args.steps} steps, device {device}, "
           f"threads {torch.get_num_threads()}")

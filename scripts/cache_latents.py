@@ -60,16 +60,19 @@ def conditioning_plan(config) -> tuple[bool, str, object]:
     from omegaconf import OmegaConf
 
     from ldm.data.latent_cache import CACHEABLE_COND_KEYS, LatentCacheError
-    from ldm.models.diffusion.conditioning import FIRST_STAGE, UNCONDITIONAL
+    from ldm.models.diffusion.conditioning import (UNCONDITIONAL, conditioning_is_cacheable,
+                                                   resolve_conditioning_key)
 
     params = config.model.params
     cond_cfg = params.get("cond_stage_config", UNCONDITIONAL)
     cond_cfg = OmegaConf.to_container(cond_cfg, resolve=True) if OmegaConf.is_config(cond_cfg) else cond_cfg
     key = params.get("cond_stage_key", "image")
-    # nothing to cache without a conditioner, or when it trains (it is then encoded every step)
-    cached = not (cond_cfg == UNCONDITIONAL or params.get("conditioning_key", "") is None
-                  or params.get("cond_stage_trainable", False))
-    if cached and (cond_cfg == FIRST_STAGE or key not in CACHEABLE_COND_KEYS):
+    trainable = bool(params.get("cond_stage_trainable", False))
+    conditioning_key = resolve_conditioning_key(params.get("conditioning_key"), params.get("concat_mode", True),
+                                                cond_cfg)
+    # the model's own rule; a trained conditioner is encoded every step, so there is nothing to cache then
+    cached = conditioning_is_cacheable(conditioning_key, cond_cfg, key, trainable)
+    if conditioning_key is not None and not trainable and not cached:
         raise LatentCacheError(f"model.params.cond_stage_key '{key}': conditioning on image-like inputs (concat "
                                "conditioning, the first stage as conditioner) cannot be cached; the cache supports "
                                f"unconditional models and {', '.join(CACHEABLE_COND_KEYS)} conditioning")
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     from ldm.data.latent_cache_write import write_cache
     from ldm.inference.devices import check_device
     from ldm.inference.validation import check_positive
-    from ldm.models.diffusion.conditioning import CLASS_KEY, encode_conditioning
+    from ldm.models.diffusion.conditioning import encode_values
     from ldm.models.diffusion.first_stage import cache_fields, weights_sha256
     from ldm.util import ConfigError, instantiate_from_config, load_configs
 
@@ -138,10 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     @torch.no_grad()
     def encode_cond(values):
-        if isinstance(values, torch.Tensor):  # class labels: the embedder reads its key of a batch dict
-            values = values.to(device)
-            values = {CLASS_KEY: values, getattr(cond, "key", CLASS_KEY): values}
-        return encode_conditioning(cond, values, forward)
+        return encode_values(cond, values, forward)
 
     start, last = time.time(), [0.0]
 

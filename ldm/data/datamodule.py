@@ -11,9 +11,10 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from ldm.data.skipped_images import skipped_count
 from ldm.data.buckets import BucketDataLoader
+from ldm.data.latent_cache import CONFIG_KEY
 from ldm.data.resumable import ResumableDataLoader, run_seed
+from ldm.data.skipped_images import skipped_count
 from ldm.util import ConfigError, get_obj_from_str, instantiate_from_config
 
 # Dataset keys of the `data.params` section, and which of them each Trainer entry point needs / may use.
@@ -51,13 +52,13 @@ def split_latent_cache(config: Any) -> tuple[Any, Any]:
     """(the dataset config without `params.latent_cache`, the cache folder or None): a split with
     `latent_cache: DIR` reads the cache written from that dataset (ldm.data.latent_cache) instead of its images."""
     params = config.get("params") if hasattr(config, "get") else None
-    if params is None or params.get("latent_cache") is None:
+    if params is None or params.get(CONFIG_KEY) is None:
         return config, None
     from omegaconf import OmegaConf
 
     plain = OmegaConf.to_container(config, resolve=True) if OmegaConf.is_config(config) else dict(config)
     plain["params"] = dict(plain["params"])
-    return plain, plain["params"].pop("latent_cache")
+    return plain, plain["params"].pop(CONFIG_KEY)
 
 
 class DataModuleFromConfig(pl.LightningDataModule):

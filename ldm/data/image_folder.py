@@ -17,9 +17,9 @@ from collections.abc import Iterable, Sequence
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ldm.data.skipped_images import BadImageWarning, SkipCounter
 from ldm.data.buckets import decode_side, nearest_bucket, parse_buckets
 from ldm.data.captions import MISSING_CAPTIONS, caption_field, caption_list, choose_caption
+from ldm.data.skipped_images import BadImageWarning, SkipCounter
 from ldm.data.transforms import ImageTransform, load_image
 from ldm.util import ConfigError
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from ldm.data.batch_keys import CLASS_KEY, TEXT_KEYS
 from ldm.data.captions import choose_caption
 from ldm.data.transforms import torch_seeded_rng
 from ldm.util import ConfigError
@@ -42,13 +43,14 @@ CACHED_MEAN = "cached_latent_mean"        # KL posterior mean (B, C, h, w), unsc
 CACHED_LOGVAR = "cached_latent_logvar"    # KL posterior log-variance, clamped as DiagonalGaussianDistribution does
 CACHED_LATENT = "cached_latent"           # the encoder's tensor output (VQ before quantization, identity)
 CACHED_COND = "cached_cond"               # the frozen conditioner's output for this item's caption / class label
-CACHED_LATENT_KEYS = (CACHED_MEAN, CACHED_LOGVAR, CACHED_LATENT)
 # Field names inside the shards, per kind of first stage.
 KINDS = {"posterior": ("mean", "logvar"), "tensor": ("latent",)}
 FIELD_KEYS = {"mean": CACHED_MEAN, "logvar": CACHED_LOGVAR, "latent": CACHED_LATENT}
 # Conditioning keys whose frozen-encoder outputs can be cached (the raw value is a caption or a class label).
-CACHEABLE_COND_KEYS = ("caption", "txt", "class_label")
+CACHEABLE_COND_KEYS = (*TEXT_KEYS, CLASS_KEY)
 SCALE_TOLERANCE = 1e-6
+# Entries every index.json has (written by ldm.data.latent_cache_write).
+INDEX_KEYS = ("kind", "fingerprint", "items", "shards", "flip", "listing", "resolution")
 
 
 class LatentCacheError(ConfigError):
@@ -83,11 +85,12 @@ class CacheFingerprint:
         elif not self.scale_by_std and not math.isclose(self.scale_factor, model.scale_factor,
                                                         rel_tol=SCALE_TOLERANCE):
             out.append(f"scale_factor: the cache records {self.scale_factor:g}, the model has {model.scale_factor:g}")
-        if self.cond_stage_sha256 is not None and self.cond_stage_sha256 != model.cond_stage_sha256:
-            have = "no frozen conditioner" if model.cond_stage_sha256 is None else \
-                f"weights sha256 {model.cond_stage_sha256[:12]}..."
+        # Compared only when the model reads the cached conditioning (a trained conditioner encodes live instead).
+        if None not in (self.cond_stage_sha256, model.cond_stage_sha256) \
+                and self.cond_stage_sha256 != model.cond_stage_sha256:
             out.append(f"conditioning encoder: the cache holds outputs of weights sha256 "
-                       f"{self.cond_stage_sha256[:12]}..., the model has {have}")
+                       f"{self.cond_stage_sha256[:12]}..., the model's frozen conditioner has "
+                       f"{model.cond_stage_sha256[:12]}...")
         return out
 
 
@@ -95,6 +98,19 @@ def unwrap(dataset: Any) -> Any:
     """The dataset inside a WrappedDataset (`wrap: true`)."""
     inner = getattr(dataset, "data", None)
     return inner if isinstance(inner, Dataset) else dataset
+
+
+def find_cache(dataset: Any) -> LatentCache | None:
+    """The LatentCache a (possibly WrappedDataset- or Subset-wrapped) dataset reads, or None."""
+    for _ in range(8):
+        cache = getattr(dataset, "cache", None)
+        if isinstance(cache, LatentCache):
+            return cache
+        inner = getattr(dataset, "dataset", None) or unwrap(dataset)  # Subset.dataset, WrappedDataset.data
+        if inner is None or inner is dataset:
+            return None
+        dataset = inner
+    return None
 
 
 def source_kind(dataset: Any) -> str:
@@ -151,6 +167,12 @@ def read_index(folder: str) -> dict[str, Any]:
     if not isinstance(index, dict) or index.get("format") != CACHE_FORMAT:
         raise LatentCacheError(f"{path}: not a latent cache of format {CACHE_FORMAT} "
                                f"(found {index.get('format') if isinstance(index, dict) else index!r})")
+    missing = [key for key in INDEX_KEYS if key not in index]
+    if missing or index["kind"] not in KINDS or not isinstance(index["fingerprint"], dict):
+        problem = f"lacks {', '.join(missing)}" if missing else f"has an unknown kind {index['kind']!r}" \
+            if index["kind"] not in KINDS else "has a malformed fingerprint"
+        raise LatentCacheError(f"{path} {problem} (damaged or edited); write the cache again with "
+                               "scripts/cache_latents.py")
     return index
 
 
@@ -265,14 +287,18 @@ class CachedLatentDataset(Dataset):
         choice = 0
         if item.get("captions") is not None:
             captions = item["captions"]
-            out["caption"] = choose_caption(captions, self.training)
-            choice = captions.index(out["caption"]) if captions else 0
+            caption = choose_caption(captions, self.training)
+            out["caption"] = caption
+            if self.cache.cond_key in TEXT_KEYS:  # also under the model's key (e.g. SD's "txt")
+                out[self.cache.cond_key] = caption
+            choice = captions.index(caption) if captions else 0
         if item.get("class_label") is not None:
             out["class_label"] = int(item["class_label"])
             if item.get("human_label") is not None:
                 out["human_label"] = item["human_label"]
-        if item.get("cond_rows"):
-            out[CACHED_COND] = shard.get_tensor(f"cond.{item['cond_rows'][choice]}")
+        if item.get("cond_rows"):  # one row per caption for text conditioning, one for a class label
+            row = item["cond_rows"][choice if self.cache.cond_key in TEXT_KEYS else 0]
+            out[CACHED_COND] = shard.get_tensor(f"cond.{row}")
         return out
 
     def __repr__(self) -> str:

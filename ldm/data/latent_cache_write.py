@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ldm.data.skipped_images import BadImageWarning
 from ldm.data.buckets import decode_side, nearest_bucket
 from ldm.data.latent_cache import (CACHE_FORMAT, CACHEABLE_COND_KEYS, INDEX_NAME, KINDS, SHARD_PATTERN,
                                    CacheFingerprint, LatentCacheError, dataset_listing, dataset_resolution,
                                    fingerprint_dict, source_kind, unwrap)
+from ldm.data.skipped_images import BadImageWarning
 from ldm.data.transforms import ImageTransform, load_image
 from ldm.files import atomic_write
 
@@ -194,8 +194,9 @@ def _prepare_folder(out: str, overwrite: bool) -> None:
                                    "empty folder")
         if not overwrite:
             raise LatentCacheError(f"{out} already holds a latent cache; pass --overwrite to replace it")
+        os.remove(os.path.join(out, INDEX_NAME))  # first: an interrupted removal leaves no index naming lost shards
         for name in os.listdir(out):
-            if name == INDEX_NAME or (name.startswith("latents-") and name.endswith(".safetensors")):
+            if name.startswith("latents-") and ".safetensors" in name:  # shards and stale temporary shard files
                 os.remove(os.path.join(out, name))
     os.makedirs(out, exist_ok=True)
 
@@ -212,8 +213,8 @@ def write_cache(dataset: Any, out: str, encode_images: ImageEncoder, fingerprint
                 items_per_shard: int = 1024, overwrite: bool = False, progress: Callable[[int], None] | None = None
                 ) -> dict[str, Any]:
     """Encode every readable item of `dataset` (an ImageFolder or ShardDataset) into a cache at `out`; returns the
-    index. `encode_images` gives {"mean", "logvar"} (a KL posterior) or {"latent"}; `cond_key` with `encode_conditioning` caches the
-    frozen conditioner's output of each item's captions / class label.
+    index. `encode_images` gives {"mean", "logvar"} (a KL posterior) or {"latent"}; `cond_key` with
+    `encode_conditioning` caches the frozen conditioner's output of each item's captions / class label.
 
     The dataset's transform must be deterministic apart from flips: a random crop is accepted only where the image
     already has the crop's shape (nothing to draw), else it is an error naming the file.

@@ -60,11 +60,11 @@ from webdataset.gopen import gopen
 from webdataset.shardlists import expand_urls as wds_expand_urls
 from webdataset.tariterators import base_plus_ext
 
-from ldm.data.skipped_images import BadImageWarning, SkipCounter
 from ldm.data.buckets import batches_by_shape, decode_side, nearest_bucket, parse_buckets
 from ldm.data.captions import caption_field, caption_list, choose_caption
 from ldm.data.image_folder import DEFAULT_EXTENSIONS, SPLITS, UnreadableImagesError
 from ldm.data.resumable import derived_seed, run_seed, seeded_global_rngs
+from ldm.data.skipped_images import BadImageWarning, SkipCounter
 from ldm.data.transforms import ImageTransform, load_image
 from ldm.util import ConfigError
 

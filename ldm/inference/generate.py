@@ -18,6 +18,7 @@ import torch
 from ldm.inference import conditioning
 from ldm.inference.codec import decode_latents, encode_images
 from ldm.inference.devices import autocast
+from ldm.inference.entry import DEFAULT_SEED
 from ldm.inference.files import next_index, numbered_name
 from ldm.inference.images import image_grid, save_png, to_pil
 from ldm.inference.model_info import ModelInfo
@@ -34,7 +35,7 @@ class Settings:
     steps: int = 50
     scale: float = 1.0
     eta: float | None = None
-    seed: int = 42
+    seed: int = DEFAULT_SEED
     n_samples: int = 1
     n_iter: int = 1
     height: int = 256

@@ -12,13 +12,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ldm.data.batch_keys import CLASS_KEY, TEXT_KEYS
 from ldm.errors import UsageError
+from ldm.models.diffusion.conditioning import FIRST_STAGE, UNCONDITIONAL
 from ldm.models.diffusion.denoising_diffusion import DDPM
-from ldm.models.diffusion.conditioning import CLASS_KEY, FIRST_STAGE, UNCONDITIONAL
 from ldm.modules.diffusionmodules.openaimodel import UNetModel
 from ldm.modules.encoders.modules import ClassEmbedder
 
-TEXT_KEYS = ("caption", "txt")  # batch keys that hold captions (CompVis / SD)
 IDENTITY_FIRST_STAGE = "IdentityFirstStage"
 
 

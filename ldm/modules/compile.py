@@ -89,6 +89,11 @@ def compile_or_warn(module: nn.Module, device: torch.device | str, what: str, **
             n = compile_regions(module, **compile_kwargs)
         except Exception as e:  # noqa: BLE001 -- e.g. an option this torch does not know
             reason = f"{type(e).__name__}: {e}"
+            if is_compiled(module):  # some blocks were compiled in place before the error
+                warnings.warn(f"compile: true: compiling {what} failed part way ({reason}); the blocks compiled "
+                              "before the error stay compiled, the rest run eagerly (same results)", RuntimeWarning,
+                              stacklevel=2)
+                return False
         else:
             log.info("torch.compile: %s compiled as %d region(s)", what, n)
             return True

@@ -35,6 +35,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
+from ldm.data.batch_keys import CLASS_KEY, TEXT_KEYS
 from ldm.util import batches_seen
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,6 @@ log = logging.getLogger(__name__)
 METRIC_PREFIX = "samples/"
 KNOWN_METRICS = ("kid", "fid", "is", "clip_score")
 CACHE_FOLDER = "sample_metrics"
-TEXT_KEYS, CLASS_KEY = ("caption", "txt"), "class_label"
 
 
 def conditioning_kind(pl_module: Any) -> str | None:

@@ -6,8 +6,8 @@ import warnings
 import numpy as np
 import pytest
 
-from ldm.data.skipped_images import BadImageWarning
 from ldm.data.image_folder import ImageFolder, read_metadata
+from ldm.data.skipped_images import BadImageWarning
 
 
 def by_name(ds):

@@ -162,6 +162,14 @@ def test_mismatch_errors_name_what_differs(folder, kl, tmp_path):
         cache.check_model(fingerprint(other, scale_factor=0.5))
 
 
+def test_cached_conditioning_is_compared_only_when_the_model_reads_it():
+    from ldm.data.latent_cache import CacheFingerprint
+
+    cache = CacheFingerprint("a" * 64, 0.5, False, "c" * 64)
+    assert cache.mismatches(CacheFingerprint("a" * 64, 0.5, False, None)) == []  # a trained conditioner: encodes live
+    assert "conditioning encoder" in cache.mismatches(CacheFingerprint("a" * 64, 0.5, False, "d" * 64))[0]
+
+
 def test_random_crops_are_refused_unless_there_is_nothing_to_draw(folder, kl, tmp_path):
     write_cache(ImageFolder(str(folder), size=SIZE, random_crop=True), str(tmp_path / "square"), encoder(kl),
                 fingerprint(kl))  # square images at the training size: the crop has one position
@@ -291,6 +299,35 @@ def test_class_embedder_outputs_are_cached_per_label(tmp_path, kl):
     assert item["class_label"] == 1 and item["human_label"] == "dogs"
     with torch.no_grad():
         torch.testing.assert_close(item[CACHED_COND], embedder.encode(torch.tensor([1]))[0])
+    # Class conditioning of a folder whose images also carry several captions: the label's row, whatever caption
+    (root / "dogs" / "1.txt").write_text("a dog\nanother dog\na third dog")
+    ds = ImageFolder(str(root), size=SIZE)
+    write_cache(ds, str(tmp_path / "c2"), encoder(kl), fingerprint(kl, cond=embedder), cond_key="class_label",
+                encode_conditioning=embedder.encode)
+    cached = CachedLatentDataset(str(tmp_path / "c2"), source=ds)
+    dog = next(i for i in range(len(cached)) if cached[i]["file_path_"].endswith(os.path.join("dogs", "1.png")))
+    with torch.no_grad():
+        for _ in range(12):
+            torch.testing.assert_close(cached[dog][CACHED_COND], embedder.encode(torch.tensor([1]))[0])
+
+
+def test_a_damaged_index_and_a_wrapped_dataset(folder, kl, tmp_path):
+    import json
+
+    from ldm.data.datamodule import WrappedDataset
+    from ldm.data.latent_cache import find_cache
+
+    ds = ImageFolder(str(folder), size=SIZE)
+    out = tmp_path / "c"
+    write_cache(ds, str(out), encoder(kl), fingerprint(kl))
+    cached = CachedLatentDataset(str(out), source=ds)
+    assert find_cache(WrappedDataset(cached)) is cached.cache  # main.py's `wrap: true` still gets checked
+    assert find_cache(torch.utils.data.Subset(cached, [0, 1])) is cached.cache and find_cache(ds) is None
+    index = json.loads((out / "index.json").read_text())
+    del index["shards"]
+    (out / "index.json").write_text(json.dumps(index))
+    with pytest.raises(LatentCacheError, match="index.json lacks shards"):
+        LatentCache(str(out))
 
 
 def test_image_logging_works_on_cached_batches(folder, tmp_path):

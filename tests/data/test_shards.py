@@ -14,8 +14,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import ldm.data.shards as shards
-from ldm.data.skipped_images import BadImageWarning, skipped_count
 from ldm.data.shards import ShardDataset, ShardError, expand_urls, plan_range, shard_name, write_manifest
+from ldm.data.skipped_images import BadImageWarning, skipped_count
 from ldm.util import ConfigError
 
 from shard_helpers import png_bytes, tar_bytes  # noqa: E402  (tests/data/conftest.py puts it on the path)

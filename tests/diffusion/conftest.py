@@ -1,7 +1,7 @@
 """Shared fixtures for the diffusion maths tests: small schedules and an exact denoiser for Gaussian data."""
 import pytest
 
-from ldm.diffusion.parameterization import v_from_x0_eps
+from gaussian_helpers import gaussian_prediction
 from ldm.diffusion.schedule import DiffusionSchedule
 
 
@@ -11,15 +11,7 @@ def gaussian_model(schedule: DiffusionSchedule, mu: float, s: float, parameteriz
 
     def model_fn(x, t, cond=None):
         abar = abar_table.to(x.dtype)[t.cpu()].to(x.device).view(-1, *([1] * (x.dim() - 1)))
-        a, b = abar.sqrt(), (1 - abar).sqrt()
-        denom = abar * s ** 2 + 1 - abar
-        eps = (x - a * mu) * b / denom
-        x0 = mu + a * s ** 2 * (x - a * mu) / denom
-        if parameterization == "eps":
-            return eps
-        if parameterization == "x0":
-            return x0
-        return v_from_x0_eps(x0, eps, a, b)
+        return gaussian_prediction(x, abar, mu, s, parameterization)
 
     return model_fn
 

@@ -23,7 +23,7 @@ from ldm.diffusion.samplers.timesteps import check_init, noised_init, strength_s
 
 def start_sigmas(sigmas: list[float], x_T: torch.Tensor, x_init: torch.Tensor | None,
                  strength: float = 1.0) -> tuple[list[float], torch.Tensor]:
-    """img2img on a sigma grid: (the kept grid, the VP start), the sigma-space twin of `base.start_timesteps`.
+    """img2img on a sigma grid: (the kept grid, the VP start), the sigma-space twin of `timesteps.start_timesteps`.
 
     Keeps the last floor(strength * steps) steps (and the final 0) and starts from x_init noised to the first kept
     level sigma with x_T as the noise (abar = 1 / (1 + sigma^2)). All kept: x_T itself; none kept: x_init.

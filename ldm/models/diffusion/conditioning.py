@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ldm.data.batch_keys import CLASS_KEY, TEXT_KEYS  # noqa: F401  (CLASS_KEY re-exported)
 from ldm.diffusion.guidance import drop_conditioning
 from ldm.models.diffusion.first_stage import freeze, posterior_mode
 from ldm.util import ConfigError, instantiate_from_config
@@ -22,9 +23,28 @@ from ldm.util import ConfigError, instantiate_from_config
 FIRST_STAGE = "__is_first_stage__"
 UNCONDITIONAL = "__is_unconditional__"
 # Batch keys whose values are handed to the conditioner as they are (lists of strings, boxes), as the original.
-RAW_KEYS = ("caption", "txt", "coordinates_bbox")
-# The original passes the whole batch for this key (ClassEmbedder reads batch[its key]).
-CLASS_KEY = "class_label"
+RAW_KEYS = (*TEXT_KEYS, "coordinates_bbox")
+
+
+def resolve_conditioning_key(conditioning_key: str | None, concat_mode: bool, cond_stage_config: Any) -> str | None:
+    """LatentDiffusion's conditioning_key (the original rule): unset means 'concat' with `concat_mode`, else
+    'crossattn'; an unconditional model (`cond_stage_config: __is_unconditional__`) has none."""
+    if cond_stage_config == UNCONDITIONAL:
+        return None
+    if conditioning_key is None:
+        return "concat" if concat_mode else "crossattn"
+    return conditioning_key
+
+
+def conditioning_is_cacheable(conditioning_key: str | None, cond_stage_config: Any, cond_stage_key: str,
+                              trainable: bool) -> bool:
+    """Whether a latent cache holds this model's encoded conditioning: a conditional model whose conditioner is
+    frozen, is not the first stage, and reads captions or class labels (the one rule for the cache writer and the
+    model)."""
+    from ldm.data.latent_cache import CACHEABLE_COND_KEYS
+
+    return (conditioning_key is not None and cond_stage_config not in (UNCONDITIONAL, FIRST_STAGE)
+            and not trainable and cond_stage_key in CACHEABLE_COND_KEYS)
 
 
 def instantiate_cond_stage(config: Any, trainable: bool, first_stage: nn.Module) -> nn.Module | None:
@@ -58,6 +78,16 @@ def encode_conditioning(cond_stage_model: nn.Module, c: Any, cond_stage_forward:
     out = encode(c) if callable(encode) else cond_stage_model(c)
     return posterior_mode(out)
 
+
+
+def encode_values(cond_stage_model: nn.Module, values: Any, cond_stage_forward: str | None = None) -> Any:
+    """Encode raw conditioning values outside a batch (a latent cache's writer): captions as they are, class labels
+    (a tensor) as the batch dict the ClassEmbedder reads its key from."""
+    if isinstance(values, torch.Tensor):
+        device = next(iter(cond_stage_model.parameters()), values).device
+        values = values.to(device)
+        values = {CLASS_KEY: values, getattr(cond_stage_model, "key", CLASS_KEY): values}
+    return encode_conditioning(cond_stage_model, values, cond_stage_forward)
 
 def image_from_batch(batch: Mapping[str, Any], key: str) -> torch.Tensor:
     """`batch[key]` (B,H,W,C, or B,H,W) as contiguous float B,C,H,W: the original `DDPM.get_input`."""

@@ -11,6 +11,7 @@ Options of the original we cannot honour (`quantize_x0`, `noise_dropout`, `score
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -76,7 +77,63 @@ def guidance(scale: float, uncond: Any) -> tuple[float, Any]:
     return float(scale), uncond
 
 
-class DDIMSampler:
+@dataclass
+class OriginalSampleCall:
+    """The arguments of an original `sampler.sample(...)` call that the adapters act on."""
+
+    steps: int
+    x_T: torch.Tensor
+    cond: Any
+    uncond: Any
+    scale: float
+    eta: float
+    temperature: float
+    mask: torch.Tensor | None
+    x0: torch.Tensor | None
+    callback: Callable | None
+    log_every_t: int
+    verbose: bool
+    options: dict[str, Any]
+
+
+class OriginalSampler:
+    """The original samplers' `sample(S, batch_size, shape, conditioning, ...)` signature, written once: options we
+    cannot honour are refused, x_T is checked (or drawn), guidance follows the original rule, and the adapter's
+    `_sample(call)` runs our sampler. Subclasses set `model` and implement `_sample`."""
+
+    model: torch.nn.Module
+
+    def register_buffer(self, name: str, attr: Any) -> None:
+        """Store `attr` as an attribute, tensors on the model's device (original helper)."""
+        if isinstance(attr, torch.Tensor):
+            attr = attr.to(self.model.betas.device)
+        setattr(self, name, attr)
+
+    @torch.no_grad()
+    def sample(self, S: int, batch_size: int, shape: Sequence[int], conditioning: Any = None,
+               callback: Callable | None = None, normals_sequence: Any = None, img_callback: Callable | None = None,
+               quantize_x0: bool = False, eta: float = 0.0, mask: torch.Tensor | None = None,
+               x0: torch.Tensor | None = None, temperature: float = 1.0, noise_dropout: float = 0.0,
+               score_corrector: Any = None, corrector_kwargs: dict | None = None, verbose: bool = True,
+               x_T: torch.Tensor | None = None, log_every_t: int = 100, unconditional_guidance_scale: float = 1.0,
+               unconditional_conditioning: Any = None, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+        """S steps from x_T (or fresh noise) of shape (batch_size, *shape); returns (samples, what the original
+        returns second). `normals_sequence` and `corrector_kwargs` are unused (as in the original); other keyword
+        arguments go to our sampler (e.g. guidance_rescale) and an unknown one raises TypeError."""
+        refuse_unsupported(type(self).__name__, quantize_x0=quantize_x0, noise_dropout=noise_dropout,
+                           score_corrector=score_corrector)
+        scale, uncond = guidance(unconditional_guidance_scale, unconditional_conditioning)
+        return self._sample(OriginalSampleCall(
+            steps=int(S), x_T=start_noise(self.model, batch_size, shape, x_T), cond=conditioning, uncond=uncond,
+            scale=scale, eta=eta, temperature=temperature, mask=mask, x0=x0,
+            callback=legacy_callback(callback, img_callback), log_every_t=log_every_t, verbose=verbose,
+            options=kwargs))
+
+    def _sample(self, call: OriginalSampleCall) -> tuple[torch.Tensor, Any]:
+        raise NotImplementedError
+
+
+class DDIMSampler(OriginalSampler):
     """The original `DDIMSampler(model, schedule="linear")`: `make_schedule`, `sample`, `stochastic_encode`, `decode`."""
 
     sampler_name = "ddim"
@@ -86,12 +143,6 @@ class DDIMSampler:
         self.ddpm_num_timesteps = int(model.num_timesteps)
         self.schedule = schedule
         self.ddim_eta = 0.0
-
-    def register_buffer(self, name: str, attr: Any) -> None:
-        """Store `attr` as an attribute, tensors on the model's device (original helper)."""
-        if isinstance(attr, torch.Tensor):
-            attr = attr.to(self.model.betas.device)
-        setattr(self, name, attr)
 
     def make_schedule(self, ddim_num_steps: int, ddim_discretize: str = "uniform", ddim_eta: float = 0.0,
                       verbose: bool = True) -> None:
@@ -122,29 +173,15 @@ class DDIMSampler:
     def _options(self, temperature: float) -> dict[str, Any]:
         return {"temperature": temperature}
 
-    @torch.no_grad()
-    def sample(self, S: int, batch_size: int, shape: Sequence[int], conditioning: Any = None,
-               callback: Callable | None = None, normals_sequence: Any = None, img_callback: Callable | None = None,
-               quantize_x0: bool = False, eta: float = 0.0, mask: torch.Tensor | None = None,
-               x0: torch.Tensor | None = None, temperature: float = 1.0, noise_dropout: float = 0.0,
-               score_corrector: Any = None, corrector_kwargs: dict | None = None, verbose: bool = True,
-               x_T: torch.Tensor | None = None, log_every_t: int = 100, unconditional_guidance_scale: float = 1.0,
-               unconditional_conditioning: Any = None, **kwargs: Any) -> tuple[torch.Tensor, dict]:
-        """S steps from x_T (or fresh noise) of shape (batch_size, *shape); returns (samples, intermediates) with
-        intermediates {'x_inter': [...], 'pred_x0': [...]} every `log_every_t` steps, as the original.
-
-        `normals_sequence` is unused (as in the original); other keyword arguments go to our sampler (e.g.
-        guidance_rescale) and an unknown one raises TypeError.
-        """
-        refuse_unsupported(type(self).__name__, quantize_x0=quantize_x0, noise_dropout=noise_dropout,
-                           score_corrector=score_corrector)
-        self.make_schedule(ddim_num_steps=S, ddim_eta=eta, verbose=verbose)
-        x_T = start_noise(self.model, batch_size, shape, x_T)
+    def _sample(self, call: OriginalSampleCall) -> tuple[torch.Tensor, dict]:
+        """Our sampler on the DDIM timesteps of S steps; returns (samples, intermediates) with intermediates
+        {'x_inter': [...], 'pred_x0': [...]} every `log_every_t` steps, as the original."""
+        self.make_schedule(ddim_num_steps=call.steps, ddim_eta=call.eta, verbose=call.verbose)
         intermediates: dict = {}
-        samples = self._run(x_T, [int(t) for t in self.ddim_timesteps], conditioning, unconditional_conditioning,
-                            unconditional_guidance_scale, eta, mask=mask, x0=x0,
-                            callback=legacy_callback(callback, img_callback), log_every_t=log_every_t,
-                            intermediates=intermediates, **self._options(temperature), **kwargs)
+        samples = self._run(call.x_T, [int(t) for t in self.ddim_timesteps], call.cond, call.uncond, call.scale,
+                            call.eta, mask=call.mask, x0=call.x0, callback=call.callback,
+                            log_every_t=call.log_every_t, intermediates=intermediates,
+                            **self._options(call.temperature), **call.options)
         return samples, intermediates
 
     @torch.no_grad()

@@ -14,11 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ldm.data.latent_cache import (CACHEABLE_COND_KEYS, CACHED_COND, CACHED_LATENT, CACHED_LOGVAR, CACHED_MEAN,
-                                   CacheFingerprint, LatentCache)
+from ldm.data.latent_cache import (CACHED_COND, CACHED_LATENT, CACHED_LOGVAR, CACHED_MEAN, CacheFingerprint,
+                                   find_cache)
+from ldm.models.diffusion.conditioning import (ConditioningDropout, conditioning_is_cacheable, dropout_rates,
+                                               encode_conditioning, instantiate_cond_stage, raw_conditioning,
+                                               resolve_conditioning_key, slice_batch)
 from ldm.models.diffusion.denoising_diffusion import DDPM, DiffusionInputs
-from ldm.models.diffusion.conditioning import (ConditioningDropout, dropout_rates, encode_conditioning,
-                                               instantiate_cond_stage, raw_conditioning, slice_batch)
 from ldm.models.diffusion.first_stage import (instantiate_first_stage, latent_channel_stats, latent_from_posterior,
                                               latent_std, posterior_from_cache, weights_sha256)
 from ldm.models.diffusion.legacy_sampling import LegacyLatentSampling
@@ -66,10 +67,7 @@ class LatentDiffusion(LegacyLatentSampling, DDPM):
         if latent_stats == "per_channel" and not scale_by_std:
             raise ConfigError("model.params.latent_stats: per_channel estimates the statistics from the first batch "
                               "and needs scale_by_std: true")
-        if conditioning_key is None:
-            conditioning_key = "concat" if concat_mode else "crossattn"
-        if cond_stage_config == "__is_unconditional__":
-            conditioning_key = None
+        conditioning_key = resolve_conditioning_key(conditioning_key, concat_mode, cond_stage_config)
         # The original restores whole checkpoints into a LatentDiffusion: load_only_unet does not apply.
         kwargs.pop("load_only_unet", None)
         # What `build_conditioning` builds; DDPM.__init__ calls it after the network and the EMA, before restoring.
@@ -238,15 +236,16 @@ class LatentDiffusion(LegacyLatentSampling, DDPM):
         return list: z the scaled latent of batch[k], c the conditioning (raw when the conditioner trains and
         `force_c_encode` is False, since it is then encoded with gradients in `forward`)."""
         cached = self.cached_latent(batch, bs)
+        xrec = None
         if cached is None:
             x = super().get_input(batch, k)
             if bs is not None:
                 x = x[:bs]
             x = x.to(self.device)
             z = self.training_latent(x)
-        else:  # a latent cache: no image in the batch; the inputs shown in logs are the decoded latents
+        else:  # a latent cache: no image in the batch; the decoded latents are both the inputs and the reconstruction
             z = self.scale_latent(cached.float()).detach().float()
-            x = self.decode_first_stage(z) if return_first_stage_outputs else None
+            x = xrec = self.decode_first_stage(z) if return_first_stage_outputs else None
         c = xc = None
         if self.model.conditioning_key is not None:
             key = cond_key or self.cond_stage_key
@@ -258,7 +257,7 @@ class LatentDiffusion(LegacyLatentSampling, DDPM):
                 c = slice_batch(batch[CACHED_COND], bs).to(self.device)
             else:
                 c = self.get_learned_conditioning(xc) if (not self.cond_stage_trainable or force_c_encode) else xc
-        return self.input_list(z, c, x, xc, return_first_stage_outputs, return_original_cond)
+        return self.input_list(z, c, x, xc, return_first_stage_outputs, return_original_cond, xrec)
 
     # ---------------------------------------------------------------------------------------------- latent cache
     def cached_latent(self, batch: Mapping[str, Any], bs: int | None = None) -> torch.Tensor | None:
@@ -272,9 +271,9 @@ class LatentDiffusion(LegacyLatentSampling, DDPM):
         return None
 
     def caches_conditioning(self) -> bool:
-        """Whether a latent cache may hold this model's encoded conditioning: a frozen caption / class encoder."""
-        return (self.cond_stage_model is not None and not self.cond_stage_trainable
-                and self.cond_stage_key in CACHEABLE_COND_KEYS and self.model.conditioning_key is not None)
+        """Whether a latent cache may hold this model's encoded conditioning (`conditioning_is_cacheable`)."""
+        return conditioning_is_cacheable(self.model.conditioning_key, self._stage_options["cond_stage_config"],
+                                         self.cond_stage_key, self.cond_stage_trainable)
 
     @torch.no_grad()
     def encoded_null_conditioning(self, n: int = 1) -> torch.Tensor:
@@ -294,10 +293,9 @@ class LatentDiffusion(LegacyLatentSampling, DDPM):
     def on_train_start(self) -> None:
         """Check a latent cache the training data comes from against this model (a mismatch is an error)."""
         super().on_train_start()
-        loader = getattr(self.trainer, "train_dataloader", None)
-        cache = getattr(getattr(loader, "dataset", None), "cache", None)
-        if isinstance(cache, LatentCache):
-            cache.check_model(self.latent_cache_fingerprint(cache.fingerprint.cond_stage_sha256 is not None))
+        cache = find_cache(getattr(getattr(self.trainer, "train_dataloader", None), "dataset", None))
+        if cache is not None:
+            cache.check_model(self.latent_cache_fingerprint(self.caches_conditioning()))
 
     def _batch_size(self, batch: Mapping[str, Any]) -> int:
         for key in (CACHED_MEAN, CACHED_LATENT):
@@ -311,12 +309,12 @@ class LatentDiffusion(LegacyLatentSampling, DDPM):
         return self.get_first_stage_encoding(self.encode_first_stage(x)).detach().float()
 
     def input_list(self, z: torch.Tensor, c: Any, x: torch.Tensor, xc: Any, return_first_stage_outputs: bool,
-                   return_original_cond: bool) -> list:
+                   return_original_cond: bool, xrec: torch.Tensor | None = None) -> list:
         """The original `get_input` return list: [z, c], + [x, decode(z)] with return_first_stage_outputs, + [xc]
         with return_original_cond."""
         out = [z, c]
         if return_first_stage_outputs:
-            out.extend([x, self.decode_first_stage(z)])
+            out.extend([x, self.decode_first_stage(z) if xrec is None else xrec])
         if return_original_cond:
             out.append(xc)
         return out

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from ldm.diffusion.parameterization import t_to_sigma, v_from_x0_eps
+from gaussian_helpers import gaussian_prediction
+from ldm.diffusion.parameterization import t_to_sigma
 from ldm.diffusion.schedule import DiffusionSchedule
 
 MU, S = 0.3, 1.0  # data N(MU, S^2) per entry; S = 1 as for latents scaled to unit variance
@@ -17,15 +18,7 @@ def continuous_gaussian_model(schedule: DiffusionSchedule, mu: float = MU, s: fl
     def model_fn(x, t, cond=None):
         sigma = t_to_sigma(t.detach().cpu().to(torch.float64), log_sigmas)
         abar = (1 / (1 + sigma ** 2)).to(x.dtype).to(x.device).view(-1, *([1] * (x.dim() - 1)))
-        a, b = abar.sqrt(), (1 - abar).sqrt()
-        denom = abar * s ** 2 + 1 - abar
-        eps = (x - a * mu) * b / denom
-        x0 = mu + a * s ** 2 * (x - a * mu) / denom
-        if parameterization == "eps":
-            return eps
-        if parameterization == "x0":
-            return x0
-        return v_from_x0_eps(x0, eps, a, b)
+        return gaussian_prediction(x, abar, mu, s, parameterization)
 
     return model_fn
 

@@ -2,7 +2,7 @@
 import diffusion_configs as dc
 import pytest
 
-from ldm.models.diffusion import base
+from ldm.models.diffusion import denoising_diffusion
 from ldm.util import instantiate_from_config
 
 
@@ -11,7 +11,8 @@ def compiled(monkeypatch):
     """Record the compile_or_warn calls made by the model instead of compiling (the real compile is tested in
     tests/modules/test_compile.py)."""
     calls = []
-    monkeypatch.setattr(base, "compile_or_warn", lambda net, device, what: calls.append((net, str(device), what)))
+    monkeypatch.setattr(denoising_diffusion, "compile_or_warn",
+                        lambda net, device, what: calls.append((net, str(device), what)))
     return calls
 
 
