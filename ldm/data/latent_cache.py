@@ -26,6 +26,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 from torch.utils.data import Dataset
 
 from ldm.data.batch_keys import CLASS_KEY, TEXT_KEYS
@@ -176,6 +177,61 @@ def read_index(folder: str) -> dict[str, Any]:
     return index
 
 
+class _Strings:
+    """Strings packed into one byte buffer with offsets: no per-string Python objects, so DataLoader workers that
+    read them never copy the pages they share with the main process (a list of dicts would, via refcounts)."""
+
+    def __init__(self, values: list[str]):
+        encoded = [v.encode("utf-8") for v in values]
+        self.offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in encoded], out=self.offsets[1:])
+        self.data = np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()
+
+    def __getitem__(self, i: int) -> str:
+        return self.data[self.offsets[i]:self.offsets[i + 1]].tobytes().decode("utf-8")
+
+
+def _ragged(lists: list[list[int] | None]) -> tuple[np.ndarray, np.ndarray]:
+    """(flat values, offsets) of int lists; None counts as empty."""
+    lengths = [len(v or ()) for v in lists]
+    offsets = np.zeros(len(lists) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return np.fromiter((x for v in lists for x in (v or ())), dtype=np.int64, count=int(offsets[-1])), offsets
+
+
+class ItemTable:
+    """The cache index's items (path, shard, row, bucket, captions, class_label, human_label, cond_rows) as
+    columns of numpy arrays; `table[i]` gives item i as the dict the index stores."""
+
+    def __init__(self, items: list[dict[str, Any]]):
+        self.n = len(items)
+        column = lambda key: np.array([-1 if it.get(key) is None else int(it[key]) for it in items],  # noqa: E731
+                                      dtype=np.int64)
+        self.shard, self.row, self.bucket, self.class_label = (column(k) for k in
+                                                               ("shard", "row", "bucket", "class_label"))
+        self.path = _Strings([it["path"] for it in items])
+        self.human_label = _Strings([it.get("human_label") or "" for it in items])
+        self.has_captions = np.array([it.get("captions") is not None for it in items], dtype=bool)
+        captions = [it.get("captions") or [] for it in items]
+        self.caption_text = _Strings([c for cs in captions for c in cs])
+        self.caption_offsets = np.zeros(self.n + 1, dtype=np.int64)
+        np.cumsum([len(cs) for cs in captions], out=self.caption_offsets[1:])
+        self.cond_rows, self.cond_offsets = _ragged([it.get("cond_rows") for it in items])
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        start, end = self.caption_offsets[i], self.caption_offsets[i + 1]
+        label = int(self.class_label[i])
+        return {"path": self.path[i], "shard": int(self.shard[i]), "row": int(self.row[i]),
+                "bucket": None if self.bucket[i] < 0 else int(self.bucket[i]),
+                "captions": [self.caption_text[j] for j in range(start, end)] if self.has_captions[i] else None,
+                "class_label": None if label < 0 else label,
+                "human_label": (self.human_label[i] or None) if label >= 0 else None,
+                "cond_rows": self.cond_rows[self.cond_offsets[i]:self.cond_offsets[i + 1]].tolist()}
+
+
 class LatentCache:
     """A cache folder's index: what it holds and what it was made from, with the checks against a dataset config
     and a model."""
@@ -186,7 +242,7 @@ class LatentCache:
         self.kind = self.index["kind"]
         self.fields = KINDS[self.kind]
         self.fingerprint = CacheFingerprint(**self.index["fingerprint"])
-        self.items: list[dict] = self.index["items"]
+        self.items = ItemTable(self.index.pop("items"))  # columns, not a list of dicts: see ItemTable
         self.shards: list[str] = self.index["shards"]
         self.flip = bool(self.index["flip"])
         self.cond_key: str | None = self.index.get("cond_key")

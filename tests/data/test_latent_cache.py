@@ -339,3 +339,20 @@ def test_image_logging_works_on_cached_batches(folder, tmp_path):
     batch = default_collate([CachedLatentDataset(str(tmp_path / "c"), source=ds)[i] for i in range(2)])
     logs = model.log_images(batch, N=2, sample=False, plot_diffusion_rows=True)
     assert logs["inputs"].shape == (2, 3, SIZE, SIZE) and logs["diffusion_row"].dim() == 4
+
+
+def test_item_table_gives_back_the_index_items():
+    from ldm.data.latent_cache import ItemTable
+
+    items = [{"path": "a/1.png", "shard": 0, "row": 0, "bucket": None, "captions": ["a cat", "ein Kätzchen"],
+              "class_label": None, "human_label": None, "cond_rows": [0, 1]},
+             {"path": "b/2.png", "shard": 0, "row": 1, "bucket": 2, "captions": None, "class_label": 3,
+              "human_label": "dogs", "cond_rows": [4]},
+             {"path": "c/3.png", "shard": 1, "row": 2, "bucket": 0, "captions": [], "class_label": 0,
+              "human_label": "cats", "cond_rows": []},
+             {"path": "d/4.png", "shard": 1, "row": 3, "bucket": None, "captions": [""], "class_label": None,
+              "human_label": None}]
+    table = ItemTable(items)
+    assert len(table) == 4
+    for i, item in enumerate(items):
+        assert table[i] == {**item, "cond_rows": item.get("cond_rows", [])}
