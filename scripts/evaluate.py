@@ -202,7 +202,7 @@ def evaluate_samples(args, config, ckpt, run, dataset, extractor, real, device, 
     elif not args.clip:
         result["unavailable"]["clip_score"] = "no CLIP model given (--clip hub id or folder)"
     else:
-        result["metrics"]["clip_score"] = metrics.clip_score(images, values, args.clip, args.batch)
+        result["metrics"]["clip_score"] = metrics.clip_score(images, values, args.clip, args.batch, device)
     result["_grid"] = image_grid(to_pil(images[:GRID_IMAGES].float() / 127.5 - 1.0), 8)
 
 

@@ -95,18 +95,20 @@ def inception_score(logits: torch.Tensor, splits: int = IS_SPLITS, seed: int = 0
 
 
 def clip_score(images: torch.Tensor, captions: Sequence[str],
-               clip: str | Callable[[], tuple[Any, Any]], batch_size: int = 32) -> float:
+               clip: str | Callable[[], tuple[Any, Any]], batch_size: int = 32,
+               device: torch.device | str = "cpu") -> float:
     """Mean of 100 * max(cos(image, caption), 0) (torchmetrics CLIPScore) for uint8 images (N, 3, H, W); `clip` is a
-    hub id / folder (`ldm.eval.features.load_clip`) or a callable returning (model, processor)."""
+    hub id / folder (`ldm.eval.features.load_clip`) or a callable returning (model, processor). The CLIP model runs
+    on `device` (batches are moved there one at a time)."""
     from torchmetrics.multimodal.clip_score import CLIPScore
 
     from ldm.eval.features import load_clip
 
     if len(images) != len(captions):
         raise ValueError(f"CLIP score: {len(images)} images but {len(captions)} captions")
-    metric = CLIPScore(model_name_or_path=clip if callable(clip) else (lambda: load_clip(clip)), **LOCAL)
+    metric = CLIPScore(model_name_or_path=clip if callable(clip) else (lambda: load_clip(clip)), **LOCAL).to(device)
     for start in range(0, len(images), batch_size):
-        metric.update(images[start:start + batch_size], list(captions[start:start + batch_size]))
+        metric.update(images[start:start + batch_size].to(device), list(captions[start:start + batch_size]))
     return float(metric.compute())
 
 

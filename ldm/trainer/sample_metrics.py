@@ -189,8 +189,8 @@ class SampleMetrics(Callback):
         out = M.generation_metrics(real, fake, [m for m in self.metrics if m != "clip_score"])
         if "clip_score" in self.metrics:
             valid = [j for j, i in enumerate(indices) if i < self.n]
-            score = M.clip_score(images_u8[valid], [self.values[indices[j]] for j in valid], lambda: self._clip) \
-                if valid else 0.0
+            score = M.clip_score(images_u8[valid], [self.values[indices[j]] for j in valid], lambda: self._clip,
+                                 self.batch_size, pl_module.device) if valid else 0.0
             pair = torch.tensor([score * len(valid), float(len(valid))], device=pl_module.device)
             total = self._gather(pl_module, pair[None]).sum(0)
             out["clip_score"] = float(total[0] / total[1].clamp(min=1))
