@@ -52,8 +52,7 @@ def crop_is_fixed(transform: ImageTransform, width: int, height: int, out: tuple
     oh, ow = out if out is not None else (transform.size, transform.size)
     if oh is None:
         return True
-    scale = max(oh / height, ow / width)
-    return max(ow, round(width * scale)) == ow and max(oh, round(height * scale)) == oh
+    return transform.resized_size(width, height, out) == (ow, oh)
 
 
 def _folder_items(dataset: Any) -> Iterator[SourceItem | str]:

@@ -138,13 +138,18 @@ class ImageTransform:
         self.interpolation = interpolation
         self._filter = resample_filter(interpolation)
 
+    def resized_size(self, width: int, height: int, out: tuple[int, int] | None = None) -> tuple[int, int]:
+        """(rw, rh): the image scaled to cover the crop (`size` x `size`, or (h, w) = `out`), before cropping."""
+        oh, ow = out if out is not None else (self.size, self.size)
+        scale = max(oh / height, ow / width)
+        return max(ow, round(width * scale)), max(oh, round(height * scale))
+
     def crop_box(self, width: int, height: int, rng: np.random.Generator | None = None,
                  out: tuple[int, int] | None = None) -> tuple[float, ...]:
         """Source-pixel box whose resample is the crop of the resized image: `size` x `size`, or (h, w) = `out`
         from the image scaled to cover it (an aspect-ratio bucket)."""
         oh, ow = out if out is not None else (self.size, self.size)
-        scale = max(oh / height, ow / width)
-        rw, rh = max(ow, round(width * scale)), max(oh, round(height * scale))
+        rw, rh = self.resized_size(width, height, out)
         if self.random_crop:
             rng = rng if rng is not None else torch_seeded_rng()
             x, y = int(rng.integers(0, rw - ow + 1)), int(rng.integers(0, rh - oh + 1))
