@@ -282,11 +282,10 @@ class LatentDiffusion(LegacyLatentSampling, DDPM):
             self._null_cond = self.unconditional_conditioning(1).detach()
         return self._null_cond.expand(n, *self._null_cond.shape[1:]) if n != 1 else self._null_cond
 
-    def latent_cache_fingerprint(self, with_conditioning: bool = True) -> CacheFingerprint:
-        """This model's side of a latent cache's fingerprint (weights hashes, scale_factor / scale_by_std)."""
-        cond = None
-        if with_conditioning and self.caches_conditioning():
-            cond = weights_sha256(self.cond_stage_model)
+    def latent_cache_fingerprint(self) -> CacheFingerprint:
+        """This model's side of a latent cache's fingerprint (weights hashes, scale_factor / scale_by_std; the
+        conditioner's hash only when it reads cached conditioning)."""
+        cond = weights_sha256(self.cond_stage_model) if self.caches_conditioning() else None
         return CacheFingerprint(weights_sha256(self.first_stage_model), float(self.scale_factor),
                                 bool(self.scale_by_std), cond)
 
@@ -295,7 +294,7 @@ class LatentDiffusion(LegacyLatentSampling, DDPM):
         super().on_train_start()
         cache = find_cache(getattr(getattr(self.trainer, "train_dataloader", None), "dataset", None))
         if cache is not None:
-            cache.check_model(self.latent_cache_fingerprint(self.caches_conditioning()))
+            cache.check_model(self.latent_cache_fingerprint())
 
     def _batch_size(self, batch: Mapping[str, Any]) -> int:
         for key in (CACHED_MEAN, CACHED_LATENT):
