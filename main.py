@@ -74,6 +74,7 @@ def build(opt: Namespace, dotlist: list[str]) -> dict[str, Any]:
     from ldm.trainer.checkpoint_io import AtomicCheckpointIO
     from ldm.trainer.loggers import build_loggers
     from ldm.trainer.progress import ThroughputProgressBar, TrainingStats
+    from ldm.trainer.resumed_learning_rate import ResumedLearningRate
     from ldm.trainer.signals import CheckpointOnSignal
     from ldm.util import instantiate_from_config
 
@@ -108,7 +109,7 @@ def build(opt: Namespace, dotlist: list[str]) -> dict[str, Any]:
     stats = TrainingStats()
     callbacks = [SetupCallback(resume=resume, now=now, logdir=logdir, ckptdir=paths.ckptdir, cfgdir=paths.cfgdir,
                                config=config, lightning_config=lightning_cfg, command=getattr(opt, "command", None)),
-                 *([checkpoint, CheckpointOnSignal()] if checkpoint is not None else []), stats,
+                 *([checkpoint, CheckpointOnSignal()] if checkpoint is not None else []), stats, ResumedLearningRate(),
                  *configured_callbacks(lightning_cfg).values(), *extra_callbacks]
     if trainer_cfg.get("enable_progress_bar", True):
         max_batches = OmegaConf.select(lightning_cfg, "trainer.max_steps", default=None)

@@ -12,6 +12,12 @@ compiles first, and inductor's kernel cache lets the second model reuse identica
 an upper bound for ours); combine with '+', e.g. channels_last+bf16. compile takes minutes at width 192, so it is not
 a default variant.
 
+Roofline: each model's step is counted once with torch's FlopCounterMode (convolutions, matmuls and attention,
+forward and backward) and set against the machine's measured rate on a large square matmul in the step's dtype. A
+model's "% of GEMM" is its FLOP rate over that rate; "ceiling" is the fastest any implementation of these same FLOPs
+could be relative to diffusers if every FLOP ran at the matmul rate (GEMM rate / FLOPs / diffusers steps/s). A speed
+ratio above the ceiling needs fewer FLOPs or a faster kernel library, not a better model code path.
+
 Peak memory is the growth above the memory held just before a step (parameters + inputs + warm caches): the
 gradients, activations and temporaries of one step. GPU: torch.cuda.max_memory_allocated after reset_peak_memory_stats.
 CPU: torch's CPU allocator keeps no peak counter and tracemalloc does not see its allocations, so each (model, variant)
@@ -95,7 +101,7 @@ def build_diffusers(args, checkpoint: bool) -> torch.nn.Module:
 class Step:
     """One training step of a model: zero_grad, forward (optionally bf16 autocast), MSE to a fixed target, backward."""
 
-    def __init__(self, which: str, args, device: torch.device, variant: str):
+    def __init__(self, which: str, args, device: torch.device, variant: str, count_flops: bool = False):
         flags = set(variant.split("+")) - {"fp32"}
         if flags - set(VARIANT_FLAGS):
             raise SystemExit(f"unknown variant {variant!r}; use fp32 or a '+' combination of {VARIANT_FLAGS}")
@@ -112,6 +118,7 @@ class Step:
         if "channels_last" in flags:
             self.model.to(memory_format=torch.channels_last)
             self.x = self.x.contiguous(memory_format=torch.channels_last)
+        self.flops = step_flops(self) if count_flops else None  # eager, before any compile: the same FLOPs
         if "compile" in flags:
             compile_blocks(self.model, self.ours)
 
@@ -128,6 +135,48 @@ class Step:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def _cpu_attention_flop_formulas() -> dict:
+    """FlopCounterMode formulas for the CPU flash-attention kernels (torch maps only the CUDA ones)."""
+    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+
+    def forward(query, key, value, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(query, key, value)
+
+    def backward(grad_out, query, key, value, *args, out_shape=None, **kwargs):
+        return sdpa_backward_flop_count(grad_out, query, key, value)
+
+    return {aten._scaled_dot_product_flash_attention_for_cpu: forward,
+            aten._scaled_dot_product_flash_attention_for_cpu_backward: backward}
+
+
+def step_flops(step: Step) -> int:
+    """FLOPs of one training step: convolutions, matmuls and attention, forward and backward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False, custom_mapping=_cpu_attention_flop_formulas()) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def gemm_rate(device: torch.device, dtype: torch.dtype, reps: int = 6) -> float:
+    """FLOP/s of large square matmuls in `dtype`, best of `reps` at each size: the machine's practical peak for the
+    step's dominant kernels (the best, not the median: other load on the machine only ever lowers it)."""
+    sizes = (4096, 8192) if device.type == "cuda" else (2048, 3072)
+    best = 0.0
+    for n in sizes:
+        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+        a @ b  # warm-up: packing buffers, clocks
+        for _ in range(reps):
+            sync(device)
+            t0 = time.perf_counter()
+            a @ b
+            sync(device)
+            best = max(best, 2 * n ** 3 / (time.perf_counter() - t0))
+    return best
 
 
 def time_steps(step: Step, n: int, device: torch.device) -> float:
@@ -231,7 +280,7 @@ def main() -> None:
     if n_ours != n_theirs:
         raise SystemExit("the two configurations are not the same architecture; fix build_diffusers")
 
-    rows = []
+    rows, rates = [], {}
     for variant in args.variants.split(","):
         if "compile" in variant.split("+"):
             from ldm.modules.compile import compile_unavailable_reason
@@ -240,7 +289,7 @@ def main() -> None:
             reason = compile_unavailable_reason(device)
             if reason:
                 raise SystemExit(f"variant {variant!r}: torch.compile is unavailable here ({reason})")
-        steps = {w: Step(w, args, device, variant) for w in ("ours", "diffusers")}
+        steps = {w: Step(w, args, device, variant, count_flops=True) for w in ("ours", "diffusers")}
         first = {w: time_steps(step, 1, device) for w, step in steps.items()}  # compiles, for variant compile
         for _ in range(args.warmup - 1):
             for step in steps.values():
@@ -249,25 +298,36 @@ def main() -> None:
         for _ in range(args.rounds):
             for w, step in steps.items():
                 times[w].append(time_steps(step, args.steps, device))
+        flops = {w: step.flops for w, step in steps.items()}
         del steps
         sps = {w: 1.0 / statistics.median(t) for w, t in times.items()}
         sps["ratio"] = statistics.median(d / o for o, d in zip(times["ours"], times["diffusers"]))
         skip_memory = args.no_memory or "compile" in variant.split("+")  # a probe would compile all over again
         mem = ({w: float("nan") for w in times} if skip_memory
                else {w: peak_memory_mb(w, args, device, variant) for w in times})
-        rows.append((variant, sps, mem))
+        dtype = torch.bfloat16 if "bf16" in variant.split("+") else torch.float32
+        if dtype not in rates:
+            rates[dtype] = gemm_rate(device, dtype)
+        roof = {w: sps[w] * flops[w] / rates[dtype] for w in flops}  # fraction of the GEMM rate
+        roof["ceiling"] = rates[dtype] / flops["ours"] / sps["diffusers"]
+        rows.append((variant, sps, mem, roof))
         rounds = " ".join(f"{d / o:.2f}" for o, d in zip(times["ours"], times["diffusers"]))
         print(f"  {variant}: ours {sps['ours']:.3f} steps/s, diffusers {sps['diffusers']:.3f} steps/s, "
               f"per-round ratios {rounds}; first step (compiles for 'compile') ours {first['ours']:.1f} s, "
-              f"diffusers {first['diffusers']:.1f} s", flush=True)
+              f"diffusers {first['diffusers']:.1f} s; {flops['ours'] / 1e9:.1f} GFLOP per step (diffusers "
+              f"{flops['diffusers'] / 1e9:.1f}), {str(dtype).split('.')[-1]} GEMM rate "
+              f"{rates[dtype] / 1e9:.0f} GFLOP/s", flush=True)
 
     print(f"\n{'variant':<22}{'ours steps/s':>13}{'diffusers steps/s':>19}{'speed ratio':>13}"
-          f"{'ours MB':>10}{'diffusers MB':>14}{'mem ratio':>11}")
-    for variant, sps, mem in rows:
+          f"{'ours MB':>10}{'diffusers MB':>14}{'mem ratio':>11}{'ours % GEMM':>13}{'diffusers % GEMM':>18}"
+          f"{'ceiling':>9}")
+    for variant, sps, mem, roof in rows:
         print(f"{variant:<22}{sps['ours']:>13.3f}{sps['diffusers']:>19.3f}{sps['ratio']:>13.3f}"
-              f"{mem['ours']:>10.0f}{mem['diffusers']:>14.0f}{mem['ours'] / mem['diffusers']:>11.3f}")
+              f"{mem['ours']:>10.0f}{mem['diffusers']:>14.0f}{mem['ours'] / mem['diffusers']:>11.3f}"
+              f"{100 * roof['ours']:>13.0f}{100 * roof['diffusers']:>18.0f}{roof['ceiling']:>9.2f}")
     print("\nspeed ratio = median over rounds of ours / diffusers steps/s (> 1 means ours is faster); "
-          "mem ratio = ours / diffusers peak step memory (< 1 means ours uses less)")
+          "mem ratio = ours / diffusers peak step memory (< 1 means ours uses less); % GEMM = the model's FLOP rate "
+          "as a share of a large matmul's; ceiling = the highest speed ratio these FLOPs allow (all at the GEMM rate)")
 
 
 if __name__ == "__main__":

@@ -165,12 +165,8 @@ def evaluate_samples(args, config, ckpt, run, dataset, extractor, real, device, 
     from ldm.diffusion.samplers import available_samplers
     from ldm.eval import metrics
     from ldm.eval.features import extract
-    from ldm.eval.samples import (
-        CaptionedSettings,
-        conditioning_values,
-        read_samples,
-        sample_into_folder,
-    )
+    from ldm.eval.samples import CaptionedSettings, conditioning_values, read_samples
+    from ldm.inference.eval_samples import fill_folder
     from ldm.inference.conditioning import check_scale
     from ldm.inference.images import image_grid, to_pil
     from ldm.inference.model_info import describe_model
@@ -191,7 +187,8 @@ def evaluate_samples(args, config, ckpt, run, dataset, extractor, real, device, 
     folder = os.path.join(run, "eval", "samples", f"{stem}_{args.sampler}_{args.steps}_scale{scale:g}_seed{args.seed}"
                           f"{'' if ema else '_noema'}")
     model = load_inference_model(config, ckpt, device)
-    counts = sample_into_folder(model, info, settings, values, folder, device, show_progress=args.progress)
+    counts = fill_folder(model, info, settings, folder, lambda indices: None if values is None else
+                         [values[i] for i in indices], device, show_progress=args.progress)
     images = read_samples(folder, args.n)
     fake = extract(extractor, images, args.batch)
     result.update(kind="generation", n=args.n, samples=folder, reused_samples=counts["existing"],

@@ -11,7 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,24 +107,41 @@ def write_npz(outdir: str, n: int, labels: Sequence[int] | None) -> str:
     return path
 
 
-def sample_folder(model: Any, info: ModelInfo, settings: EvalSettings, outdir: str, device: torch.device,
-                  dtype: torch.dtype | None = None, show_progress: bool = True) -> dict[str, Any]:
-    """Make the images 0..n-1 that `outdir` lacks, in batches, then the .npz; returns counts and the npz path."""
+def fill_folder(model: Any, info: ModelInfo, settings: EvalSettings, outdir: str,
+                values_at: Callable[[Sequence[int]], list[Any] | None], device: torch.device,
+                dtype: torch.dtype | None = None, show_progress: bool = True) -> dict[str, int]:
+    """Make the images 0..n-1 that `outdir` lacks, in batches of settings.batch_size (a bar counts images); returns
+    counts. `values_at(indices)` gives their conditioning (captions / labels, recorded in each PNG) or None. The
+    folder's settings.json must match (`claim_folder`), so a rerun resumes instead of mixing."""
+    from tqdm.auto import tqdm
+
     os.makedirs(outdir, exist_ok=True)
     claim_folder(outdir, settings)
     done = numbered_indices(outdir) & set(range(settings.n))
     todo = [i for i in range(settings.n) if i not in done]
     record = _recorded(settings)
-    for b in range(0, len(todo), settings.batch_size):
-        indices = todo[b:b + settings.batch_size]
-        seeds = [image_seed(settings.seed, i) for i in indices]
-        labels = labels_for(info, settings.classes, indices)
-        with torch.no_grad():
-            out = batch_samples(model, info, labels, seeds, settings, device, dtype, show_progress=show_progress)
-        for k, (i, image) in enumerate(zip(indices, to_pil(out))):
-            meta = {**record, "index": i, "seed": seeds[k]}
-            if labels is not None:
-                meta["class_label"] = labels[k]
-            save_png(image, os.path.join(outdir, numbered_name(i, DIGITS)), meta)
+    value_key = "prompt" if info.conditioning == "text" else "class_label"
+    with tqdm(total=settings.n, initial=len(done), desc="samples", unit="img", disable=not show_progress) as bar:
+        for start in range(0, len(todo), settings.batch_size):
+            indices = todo[start:start + settings.batch_size]
+            seeds = [image_seed(settings.seed, i) for i in indices]
+            values = values_at(indices)
+            with torch.no_grad():
+                out = batch_samples(model, info, values, seeds, settings, device, dtype, show_progress=False)
+            for k, (i, image) in enumerate(zip(indices, to_pil(out))):
+                meta = {**record, "index": i, "seed": seeds[k]}
+                if values is not None:
+                    meta[value_key] = values[k]
+                save_png(image, os.path.join(outdir, numbered_name(i, DIGITS)), meta)
+            bar.update(len(indices))
+    return {"existing": len(done), "written": len(todo), "total": settings.n}
+
+
+def sample_folder(model: Any, info: ModelInfo, settings: EvalSettings, outdir: str, device: torch.device,
+                  dtype: torch.dtype | None = None, show_progress: bool = True) -> dict[str, Any]:
+    """Make the images 0..n-1 that `outdir` lacks (`fill_folder`, classes cycled), then the .npz; returns counts and
+    the npz path."""
+    counts = fill_folder(model, info, settings, outdir, lambda indices: labels_for(info, settings.classes, indices),
+                         device, dtype, show_progress)
     npz = write_npz(outdir, settings.n, labels_for(info, settings.classes, range(settings.n)))
-    return {"existing": len(done), "written": len(todo), "total": settings.n, "npz": npz}
+    return {**counts, "npz": npz}

@@ -66,20 +66,30 @@ def sampler_generator(first_seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(first_seed) + SAMPLER_SEED_OFFSET)
 
 
+def seeded_samples(model: Any, shape: Sequence[int], values: Sequence[Any] | None, seeds: Sequence[int],
+                   sampler: str, steps: int, scale: float, eta: float | None = None, ema: bool = True,
+                   device: torch.device | None = None, show_progress: bool = False, **opts: Any) -> torch.Tensor:
+    """Images (B, C, H, W) in [-1, 1] for one batch of diffusion-space `shape`: x_T from one seed per image (the same
+    noise on any device), conditioning `values` (captions / labels, or None) guided at `scale`, step noise from the
+    first seed. Runs in the caller's precision context; `opts` go to the sampler."""
+    noise = initial_noise(shape, seeds, device if device is not None else model.device)
+    cond, uncond = conditioning.guidance_pair(model, values, scale)
+    z = sample(model, noise, sampler, steps, cond, uncond, scale if uncond is not None else 1.0, eta, ema,
+               sampler_generator(seeds[0]), show_progress, **opts)
+    return decode_latents(model, z)
+
+
 def batch_samples(model: Any, info: ModelInfo, values: Sequence[Any] | None, seeds: Sequence[int],
                   settings: Settings, device: torch.device, dtype: torch.dtype | None = None,
                   init_latent: torch.Tensor | None = None, show_progress: bool = True, **opts: Any) -> torch.Tensor:
-    """Images (B, C, H, W) in [-1, 1] for one batch: conditioning `values` (captions / labels, or None), one seed
-    per image; `init_latent` (1 or B latents) with settings.strength makes it img2img. `opts` go to the sampler."""
+    """`seeded_samples` at the settings' size, sampler and guidance, under autocast to `dtype`; `init_latent` (1 or B
+    latents) with settings.strength makes it img2img."""
     shape = info.latent_shape(settings.height, settings.width)
-    noise = initial_noise(shape, seeds, device)
     if init_latent is not None:
         opts.update(x_init=init_latent.to(device).expand(len(seeds), *shape), strength=settings.strength)
     with autocast(device, dtype):
-        cond, uncond = conditioning.guidance_pair(model, values, settings.scale)
-        z = sample(model, noise, settings.sampler, settings.steps, cond, uncond, settings.scale, settings.eta,
-                   settings.ema, sampler_generator(seeds[0]), show_progress, **opts)
-        return decode_latents(model, z)
+        return seeded_samples(model, shape, values, seeds, settings.sampler, settings.steps, settings.scale,
+                              settings.eta, settings.ema, device, show_progress, **opts)
 
 
 def generate(model: Any, info: ModelInfo, prompts: Sequence[str] | None, values: Sequence[Any] | None,

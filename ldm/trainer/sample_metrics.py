@@ -160,7 +160,8 @@ class SampleMetrics(Callback):
         from ldm.eval import metrics as M
         from ldm.eval.features import extract
         from ldm.eval.reference import from_model_range
-        from ldm.eval.samples import generate_batch
+        from ldm.inference.generate import seeded_samples
+        from ldm.inference.sampling import image_seed
 
         start = time.perf_counter()
         self._extractor.to(pl_module.device)
@@ -175,7 +176,8 @@ class SampleMetrics(Callback):
                 for b in range(0, per_rank, self.batch_size):
                     chunk = indices[b:b + self.batch_size]
                     values = None if self.values is None else [self.values[i % self.n] for i in chunk]
-                    out = generate_batch(pl_module, values, [self.seed + i for i in chunk], self.sampler, self.steps,
+                    seeds = [image_seed(self.seed, i) for i in chunk]
+                    out = seeded_samples(pl_module, pl_module.sample_shape(), values, seeds, self.sampler, self.steps,
                                          self.scale)
                     images.append(from_model_range(out))
         finally:

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from ldm.modules.diffusionmodules import util
-from ldm.modules.diffusionmodules.util import (GroupNorm32, avg_pool_nd, checkpoint, conv_nd, mean_flat, normalization,
-                                               timestep_embedding, zero_module)
+from ldm.modules.diffusionmodules.util import (GroupNorm32, _Float32GroupNorm, avg_pool_nd, checkpoint, conv_nd,
+                                               mean_flat, normalization, timestep_embedding, zero_module)
 
 
 def test_timestep_embedding_closed_form_cos_then_sin():
@@ -53,7 +53,10 @@ def test_groupnorm32_computes_in_float32_and_casts_back(dtype):
     out = norm(x)
     assert out.dtype == dtype
     ref = nn.functional.group_norm(x.float(), 32, norm.weight, norm.bias, 1e-5).to(dtype)
-    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    # CPU runs torch's mixed-precision kernel (float32 accumulation): the same numbers but for 1-ulp roundings.
+    torch.testing.assert_close(out, ref, rtol=torch.finfo(dtype).eps, atol=1e-3)
+    exact = _Float32GroupNorm.apply(x, norm.weight, norm.bias, 32, 1e-5)  # the path other devices take
+    torch.testing.assert_close(exact, ref, rtol=0, atol=0)
     norm.to(dtype)  # half parameters too (use_fp16 torso)
     assert norm(x).dtype == dtype
 
@@ -107,7 +110,8 @@ def test_diffusion_names_are_forwarded_lazily():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_groupnorm32_low_precision_gradients_equal_float32_reference(dtype, channels_last):
+@pytest.mark.parametrize("path", ["module", "float32_function"])
+def test_groupnorm32_low_precision_gradients_equal_float32_reference(dtype, channels_last, path):
     torch.manual_seed(0)
     norm = normalization(64)
     nn.init.normal_(norm.weight)
@@ -118,7 +122,7 @@ def test_groupnorm32_low_precision_gradients_equal_float32_reference(dtype, chan
     grad = torch.randn(2, 64, 4, 4).to(dtype)
 
     x = x0.clone().requires_grad_()
-    out = norm(x)
+    out = norm(x) if path == "module" else _Float32GroupNorm.apply(x, norm.weight, norm.bias, 32, 1e-5)
     out.backward(grad)
     ours = [out.detach(), x.grad, norm.weight.grad.clone(), norm.bias.grad.clone()]
 
@@ -128,7 +132,11 @@ def test_groupnorm32_low_precision_gradients_equal_float32_reference(dtype, chan
     ref.backward(grad)
     for a, b in zip(ours, [ref.detach(), xr.grad, norm.weight.grad, norm.bias.grad]):
         assert a.dtype == b.dtype
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        if path == "float32_function":  # what CUDA runs: bit-identical to the float32 reference
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        else:  # torch's CPU mixed-precision kernel: float32 accumulation, rare 1-ulp roundings
+            tol = torch.finfo(a.dtype).eps
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol * b.abs().max().item())
 
 
 def test_groupnorm32_keeps_the_low_precision_input_for_backward():
