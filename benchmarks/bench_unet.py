@@ -18,6 +18,9 @@ model's "% of GEMM" is its FLOP rate over that rate; "ceiling" is the fastest an
 could be relative to diffusers if every FLOP ran at the matmul rate (GEMM rate / FLOPs / diffusers steps/s). A speed
 ratio above the ceiling needs fewer FLOPs or a faster kernel library, not a better model code path.
 
+The FLOP count runs one eager step of each model before the timed ones, so "first step" is a cold step only in
+what compiles (variant compile).
+
 Peak memory is the growth above the memory held just before a step (parameters + inputs + warm caches): the
 gradients, activations and temporaries of one step. GPU: torch.cuda.max_memory_allocated after reset_peak_memory_stats.
 CPU: torch's CPU allocator keeps no peak counter and tracemalloc does not see its allocations, so each (model, variant)
@@ -166,6 +169,16 @@ def gemm_rate(device: torch.device, dtype: torch.dtype, reps: int = 6) -> float:
     """FLOP/s of large square matmuls in `dtype`, best of `reps` at each size: the machine's practical peak for the
     step's dominant kernels (the best, not the median: other load on the machine only ever lowers it)."""
     sizes = (4096, 8192) if device.type == "cuda" else (2048, 3072)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    if device.type == "cuda":  # fp32 convolutions run in TF32 by default (cudnn.allow_tf32): rate that math
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32
+    try:
+        return _best_matmul_rate(device, dtype, sizes, reps)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def _best_matmul_rate(device: torch.device, dtype: torch.dtype, sizes: tuple[int, ...], reps: int) -> float:
     best = 0.0
     for n in sizes:
         a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))

@@ -72,6 +72,8 @@ def seeded_samples(model: Any, shape: Sequence[int], values: Sequence[Any] | Non
     """Images (B, C, H, W) in [-1, 1] for one batch of diffusion-space `shape`: x_T from one seed per image (the same
     noise on any device), conditioning `values` (captions / labels, or None) guided at `scale`, step noise from the
     first seed. Runs in the caller's precision context; `opts` go to the sampler."""
+    if values is None and scale != 1.0:
+        raise ValueError(f"guidance scale {scale} needs conditioning values (an unconditional batch samples at 1.0)")
     noise = initial_noise(shape, seeds, device if device is not None else model.device)
     cond, uncond = conditioning.guidance_pair(model, values, scale)
     z = sample(model, noise, sampler, steps, cond, uncond, scale if uncond is not None else 1.0, eta, ema,

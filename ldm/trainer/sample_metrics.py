@@ -178,7 +178,7 @@ class SampleMetrics(Callback):
                     values = None if self.values is None else [self.values[i % self.n] for i in chunk]
                     seeds = [image_seed(self.seed, i) for i in chunk]
                     out = seeded_samples(pl_module, pl_module.sample_shape(), values, seeds, self.sampler, self.steps,
-                                         self.scale)
+                                         self.scale if values is not None else 1.0)
                     images.append(from_model_range(out))
         finally:
             pl_module.train(was_training)

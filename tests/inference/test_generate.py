@@ -73,3 +73,10 @@ def test_classes_fit_the_model(class_model, uncond_model):
         check_classes(info, [1, 10])
     with pytest.raises(UsageError, match="not class-conditional"):
         check_classes(uncond_model[1], [1])
+
+
+def test_seeded_samples_refuses_guidance_without_conditioning():
+    from ldm.inference.generate import seeded_samples
+
+    with pytest.raises(ValueError, match="guidance scale 3.0 needs conditioning values"):
+        seeded_samples(None, (4, 8, 8), None, [0], "ddim", 2, 3.0)

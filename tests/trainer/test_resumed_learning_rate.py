@@ -90,6 +90,7 @@ def test_resume_with_a_new_rate_continues_at_it_and_keeps_the_schedule(tmp_path,
     else:
         assert record.after == pytest.approx([1e-3, 1e-3], rel=1e-12)
     assert "learning rate:" in caplog.text and "optimizer 0: 1.000e-02 -> 1.000e-03" in caplog.text
+    assert "schedule keeps its place" in caplog.text
 
 
 def test_resume_at_the_same_rate_and_a_fresh_run_change_nothing(tmp_path, caplog):
@@ -101,6 +102,96 @@ def test_resume_at_the_same_rate_and_a_fresh_run_change_nothing(tmp_path, caplog
     _trainer(tmp_path, 1, fresh).fit(Regression(1e-2, True))
     assert fresh.start == (pytest.approx(1e-2), pytest.approx(1e-2))
     assert "learning rate:" not in caplog.text
+
+
+SCHEDULES = {
+    "lambda": lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=halving),
+    "onecycle": lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=opt.param_groups[0]["lr"] * 10,
+                                                                total_steps=20),
+    "cosine_eta_min": lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(
+        opt, T_max=6, eta_min=opt.param_groups[0]["lr"] / 2),
+    "sequential": lambda opt: torch.optim.lr_scheduler.SequentialLR(
+        opt, [torch.optim.lr_scheduler.LinearLR(opt, 0.1, total_iters=3),
+              torch.optim.lr_scheduler.ExponentialLR(opt, 0.9)], milestones=[3]),
+    "cyclic": lambda opt: torch.optim.lr_scheduler.CyclicLR(opt, base_lr=opt.param_groups[0]["lr"] / 4,
+                                                            max_lr=opt.param_groups[0]["lr"], step_size_up=2),
+}
+
+
+def _optimizer(lr, kind):
+    params = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(1))]
+    opt = torch.optim.SGD([{"params": params[:1]}, {"params": params[1:], "lr": lr / 10}], lr=lr, momentum=0.9)
+    return opt, SCHEDULES[kind](opt) if kind else None
+
+
+def _fake_trainer(opt, scheduler, ckpt_path=None):
+    from types import SimpleNamespace
+
+    configs = [SimpleNamespace(scheduler=scheduler)] if scheduler is not None else []
+    return SimpleNamespace(optimizers=[opt], lr_scheduler_configs=configs, ckpt_path=ckpt_path)
+
+
+def _steps(opt, scheduler, n):
+    rates = []
+    for _ in range(n):
+        opt.step()
+        if scheduler is not None:
+            scheduler.step()
+        rates.extend(float(g["lr"]) for g in opt.param_groups)
+    return rates
+
+
+@pytest.mark.parametrize("kind", [None, *SCHEDULES])
+@pytest.mark.parametrize("with_callback_state", [True, False])
+def test_a_resumed_schedule_at_a_new_rate_is_the_schedule_of_that_rate(kind, with_callback_state):
+    """Saved after 4 steps at lr 0.1, resumed at 0.02: the next steps' rates are those of a run at 0.02 throughout."""
+    opt, scheduler = _optimizer(0.1, kind)
+    first = ResumedLearningRate()
+    first.on_fit_start(_fake_trainer(opt, scheduler), None)
+    _steps(opt, scheduler, 4)
+    saved = (opt.state_dict(), scheduler.state_dict() if scheduler else None, first.state_dict())
+
+    opt, scheduler = _optimizer(0.02, kind)
+    resumed = ResumedLearningRate()
+    trainer = _fake_trainer(opt, scheduler, ckpt_path="last.ckpt")
+    resumed.on_fit_start(trainer, None)  # Lightning's order: configure, on_fit_start, restore, on_train_start
+    opt.load_state_dict(saved[0])
+    if scheduler is not None:
+        scheduler.load_state_dict(saved[1])
+    if with_callback_state:
+        resumed.load_state_dict(saved[2])
+    resumed.on_train_start(trainer, None)
+
+    reference_opt, reference_scheduler = _optimizer(0.02, kind)
+    _steps(reference_opt, reference_scheduler, 4)
+    assert [float(g["lr"]) for g in opt.param_groups] == pytest.approx(
+        [float(g["lr"]) for g in reference_opt.param_groups], rel=1e-9)
+    assert _steps(opt, scheduler, 8) == pytest.approx(_steps(reference_opt, reference_scheduler, 8), rel=1e-9)
+
+
+def test_an_unchanged_rate_keeps_what_reduce_on_plateau_did():
+    opt, _ = _optimizer(0.1, None)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0, factor=0.1)
+    callback = ResumedLearningRate()
+    callback.on_fit_start(_fake_trainer(opt, scheduler), None)
+    for _ in range(3):
+        scheduler.step(1.0)  # no improvement: the rate drops
+    reduced = [float(g["lr"]) for g in opt.param_groups]
+    assert reduced[0] < 0.1
+    saved = (opt.state_dict(), scheduler.state_dict(), callback.state_dict())
+
+    for state in (saved[2], None):  # with the callback's state, and a checkpoint that has none
+        opt, _ = _optimizer(0.1, None)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0, factor=0.1)
+        resumed = ResumedLearningRate()
+        trainer = _fake_trainer(opt, scheduler, ckpt_path="last.ckpt")
+        resumed.on_fit_start(trainer, None)
+        opt.load_state_dict(saved[0])
+        scheduler.load_state_dict(saved[1])
+        if state is not None:
+            resumed.load_state_dict(state)
+        resumed.on_train_start(trainer, None)
+        assert [float(g["lr"]) for g in opt.param_groups] == reduced
 
 
 def test_main_resume_with_a_lower_base_learning_rate_trains_at_it(tmp_path, capsys):

@@ -109,7 +109,7 @@ class GroupNorm32(nn.GroupNorm):
         if x.dtype in (torch.float16, torch.bfloat16) and x.device.type == "cpu" and self.affine \
                 and self.weight.dtype == torch.float32:
             # torch's CPU kernel takes a half/bf16 input with float32 parameters and accumulates in float32: the
-            # numbers of the float32 path below (but for a rare 1-ulp rounding), without its two casts each way.
+            # numbers of the float32 path below to float32 rounding (a few ulp near zero), without its casts.
             return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
         if x.dtype in (torch.float16, torch.bfloat16) and torch.is_grad_enabled() and self.affine:
             # Same numbers as below; only the tensor kept for backward differs (the input, not its float32 copy).
