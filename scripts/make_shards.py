@@ -35,16 +35,6 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def class_index(folder, i: int) -> int | None:
-    """Class of item i as the folder dataset labels it: the label column, else the top-level sub-folder."""
-    if folder.class_names is None:
-        return None
-    labels = getattr(folder, "_labels", None)  # set when the folder labels come from a metadata column
-    if labels is not None:
-        return labels[i]
-    return folder.class_names.index(folder.paths[i].split("/", 1)[0])
-
-
 def pack(src: str, out: str, shard_size: int, caption_key: str | None = None,
          missing_captions: str = "empty") -> dict:
     """Write the shards and the manifest; returns the manifest."""
@@ -77,7 +67,7 @@ def pack(src: str, out: str, shard_size: int, caption_key: str | None = None,
                     uncaptioned += not captions
                     if captions:
                         _add(tar, f"{key}.txt", "\n".join(captions).encode("utf-8"))
-                    label = class_index(folder, i)
+                    label = folder.class_label(i)
                     if label is not None:
                         _add(tar, f"{key}.cls", str(label).encode())
                     _add(tar, f"{key}.json", json.dumps({"file_name": rel}).encode("utf-8"))

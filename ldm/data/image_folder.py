@@ -370,14 +370,20 @@ class ImageFolder(Dataset):
         example = {"image": self.transform(image, out=out), "file_path_": path}
         if self.has_captions:
             example["caption"] = self._caption(i)
-        if self.class_names is not None and hasattr(self, "_labels"):
-            example["class_label"] = self._labels[i]
-            example["human_label"] = self.class_names[self._labels[i]]
-        elif self.class_names is not None:
-            name = self.paths[i].split("/", 1)[0]
-            example["class_label"] = self._class_index[name]
-            example["human_label"] = name
+        label = self.class_label(i)
+        if label is not None:
+            example["class_label"] = label
+            example["human_label"] = self.class_names[label]
         return example
+
+    def class_label(self, i: int) -> int | None:
+        """Class index of item i: from the metadata's label column, else its top-level sub-folder; None when the
+        folder has no classes."""
+        if self.class_names is None:
+            return None
+        if hasattr(self, "_labels"):
+            return self._labels[i]
+        return self._class_index[self.paths[i].split("/", 1)[0]]
 
     def __getitem__(self, index: int) -> dict:
         """Item `index`, or the next readable one when its file cannot be decoded (at item `index`'s bucket size, so

@@ -65,13 +65,8 @@ def _folder_items(dataset: Any) -> Iterator[SourceItem | str]:
         except Exception as err:  # PIL raises many types for bad data
             yield f"{path}: {type(err).__name__}: {err}"
             continue
-        label = human = None
-        if dataset.class_names is not None and hasattr(dataset, "_labels"):
-            label = dataset._labels[i]
-            human = dataset.class_names[label]
-        elif dataset.class_names is not None:
-            human = rel.split("/", 1)[0]
-            label = dataset._class_index[human]
+        label = dataset.class_label(i)
+        human = None if label is None else dataset.class_names[label]
         captions = dataset.caption_choices(i) if dataset.has_captions else None
         yield SourceItem(path, image, captions, label, human)
 

@@ -158,9 +158,10 @@ class ImageTransform:
         sx, sy = rw / width, rh / height
         return (x / sx, y / sy, (x + ow) / sx, (y + oh) / sy)
 
-    def __call__(self, img: Image.Image, rng: np.random.Generator | None = None,
-                 out: tuple[int, int] | None = None) -> np.ndarray:
-        """Transform an RGB PIL image (to (h, w) = `out` when given); `rng` makes the random crop / flip reproducible."""
+    def crop_image(self, img: Image.Image, rng: np.random.Generator | None = None,
+                   out: tuple[int, int] | None = None) -> Image.Image:
+        """The transformed 8-bit RGB PIL image (to (h, w) = `out` when given), before the conversion to floats; `rng`
+        makes the random crop / flip reproducible."""
         if img.mode != "RGB":
             img = to_rgb(img)
         if self.random_crop or self.flip:
@@ -171,7 +172,12 @@ class ImageTransform:
             img = img.resize((ow, oh), self._filter, box=box)
         if self.flip and rng.random() < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return to_float_array(img)
+        return img
+
+    def __call__(self, img: Image.Image, rng: np.random.Generator | None = None,
+                 out: tuple[int, int] | None = None) -> np.ndarray:
+        """Transform a PIL image (to (h, w) = `out` when given) to HWC float32 in [-1, 1] (see `crop_image`)."""
+        return to_float_array(self.crop_image(img, rng, out))
 
     def __repr__(self) -> str:
         return (f"ImageTransform(size={self.size}, random_crop={self.random_crop}, flip={self.flip}, "

@@ -24,9 +24,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ldm.data.transforms import ImageTransform
 from ldm.util import ConfigError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: images cropped by ImageTransform (any PIL mode converted as in training)
+CENTRE_CROP = ImageTransform(size=None, interpolation="bicubic")  # `out` gives each call its size
 
 
 def default_cache_dir() -> str:
@@ -46,16 +48,11 @@ class Reference:
     images: Callable[[], Iterator[Image.Image]]
 
 
-def to_uint8(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
-    """A PIL image scaled to cover (height, width) and centre-cropped: uint8 (3, H, W)."""
-    height, width = size
-    image = image.convert("RGB")
-    scale = max(height / image.height, width / image.width)
-    resized = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))),
-                           Image.BICUBIC)
-    left, top = (resized.width - width) // 2, (resized.height - height) // 2
-    array = np.asarray(resized.crop((left, top, left + width, top + height)), dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+def centre_crop_uint8(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
+    """A reference image as the training data sees it: any PIL mode to RGB, scaled to cover (height, width) and
+    centre-cropped (bicubic, `ImageTransform`'s crop): uint8 (3, H, W)."""
+    array = np.array(CENTRE_CROP.crop_image(image, out=size), dtype=np.uint8)
+    return torch.from_numpy(array).permute(2, 0, 1)
 
 
 def from_model_range(images: torch.Tensor) -> torch.Tensor:
@@ -160,7 +157,7 @@ def image_batches(reference: Reference, size: tuple[int, int], batch_size: int) 
     """The reference images as uint8 (B, 3, H, W) batches at `size`."""
     batch: list[torch.Tensor] = []
     for image in reference.images():
-        batch.append(to_uint8(image, size))
+        batch.append(centre_crop_uint8(image, size))
         if len(batch) == batch_size:
             yield torch.stack(batch)
             batch = []

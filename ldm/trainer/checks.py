@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from typing import Any
@@ -116,20 +117,29 @@ def check_data_for_model(model: Any, data: Any) -> list[str]:
     return notes
 
 
+def model_size_multiple(config: Any) -> int:
+    """What image sides must be multiples of: a diffusion model's `ModelInfo.size_multiple` (first stage x UNet
+    downsampling, defaults included), or an autoencoder's own downsampling."""
+    from omegaconf import OmegaConf
+
+    from ldm.inference.model_info import describe_model
+    from ldm.modules.diffusionmodules.model import Encoder
+
+    if OmegaConf.select(config, "model.params.unet_config", default=None) is not None:
+        return describe_model(config).size_multiple
+    levels = OmegaConf.select(config, "model.params.ddconfig.ch_mult", default=None)
+    if levels is None:
+        levels = inspect.signature(Encoder).parameters["ch_mult"].default
+    return 2 ** (len(levels) - 1)
+
+
 def check_buckets(config: Any, data: Any) -> None:
     """Every aspect-ratio bucket must be divisible by the model's total downsampling (first stage x UNet), else
     the first odd-sized batch fails deep inside the network; ConfigError naming the split otherwise."""
-    from omegaconf import OmegaConf
-
     from ldm.data.buckets import check_bucket_multiple
     from ldm.util import ConfigError
 
-    factor = 1
-    for key in ("model.params.first_stage_config.params.ddconfig.ch_mult", "model.params.ddconfig.ch_mult",
-                "model.params.unet_config.params.channel_mult"):
-        levels = OmegaConf.select(config, key, default=None)
-        if levels:
-            factor *= 2 ** (len(levels) - 1)
+    factor = model_size_multiple(config)
     for split, dataset in (getattr(data, "datasets", None) or {}).items():
         folder = _folders(dataset)
         sizes = getattr(folder, "bucket_sizes", None)

@@ -3,6 +3,7 @@
 import os
 import time
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -182,3 +183,21 @@ def test_shard_and_streamed_dataset_references(tmp_path):
     assert reference_features(streamed, F.RandomFeatures(), (8, 8), None)[0]["features"].shape[0] == 4
     with pytest.raises(Exception, match="not a folder of images or shard urls"):
         open_reference(str(tmp_path / "nothing.png"))
+
+
+def test_reference_images_are_cropped_as_the_training_transform_crops_them():
+    from ldm.data.transforms import ImageTransform, to_uint8
+    from ldm.eval.reference import centre_crop_uint8
+
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (45, 70, 3), dtype=np.uint8))
+    out = centre_crop_uint8(photo, (16, 24))
+    assert out.dtype == torch.uint8 and out.shape == (3, 16, 24)
+    training = to_uint8(ImageTransform(None)(photo, out=(16, 24)))  # the float pipeline, back to 8 bits
+    assert np.array_equal(out.permute(1, 2, 0).numpy(), training)
+    # any PIL mode goes through the training data's RGB conversion: 16-bit grayscale keeps its range, alpha is
+    # composited instead of dropped
+    deep = Image.fromarray(np.full((20, 20), 40000, dtype=np.uint16))
+    assert abs(int(centre_crop_uint8(deep, (8, 8)).float().mean()) - round(40000 / 65535 * 255)) <= 1
+    clear = Image.new("RGBA", (20, 20), (0, 0, 0, 0))
+    assert centre_crop_uint8(clear, (8, 8)).min() == 255  # transparent -> the white background
