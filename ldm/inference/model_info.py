@@ -22,7 +22,7 @@ from ldm.modules.encoders.modules import ClassEmbedder
 IDENTITY_FIRST_STAGE = "IdentityFirstStage"
 
 
-def _default(fn: Any, name: str) -> Any:
+def argument_default(fn: Any, name: str) -> Any:
     """The default of argument `name` of `fn` (a class or function): config values fall back to it."""
     return inspect.signature(fn).parameters[name].default
 
@@ -64,7 +64,7 @@ def _conditioning(params: Mapping[str, Any]) -> tuple[str | None, str | None, in
         return "other", key, None
     target = str(cond_cfg.get("target", ""))
     if target.endswith("." + ClassEmbedder.__name__) or key == CLASS_KEY:
-        n = int(cond_cfg.get("params", {}).get("n_classes", _default(ClassEmbedder, "n_classes")))
+        n = int(cond_cfg.get("params", {}).get("n_classes", argument_default(ClassEmbedder, "n_classes")))
         return "class", key, n
     if key in TEXT_KEYS:
         return "text", key, None
@@ -89,13 +89,13 @@ def describe_model(config: DictConfig | Mapping[str, Any]) -> ModelInfo:
         factor = 2 ** (len(ddconfig.get("ch_mult", [1])) - 1)
         channels = int(ddconfig.get("in_channels", 3))
     else:
-        factor, channels = 1, int(params.get("channels", _default(DDPM, "channels")))
+        factor, channels = 1, int(params.get("channels", argument_default(DDPM, "channels")))
     unet = params["unet_config"].get("params", {})
-    unet_levels = len(unet.get("channel_mult", _default(UNetModel, "channel_mult")))
-    size = params.get("image_size", _default(DDPM, "image_size"))
+    unet_levels = len(unet.get("channel_mult", argument_default(UNetModel, "channel_mult")))
+    size = params.get("image_size", argument_default(DDPM, "image_size"))
     side = (int(size), int(size)) if isinstance(size, (int, float)) else tuple(int(s) for s in size)
     return ModelInfo(target=target, conditioning=kind, cond_key=key, n_classes=n_classes, factor=factor,
                      size_multiple=factor * 2 ** (unet_levels - 1), image_size=(side[0] * factor, side[1] * factor),
-                     channels=channels, latent_channels=int(params.get("channels", _default(DDPM, "channels"))),
-                     num_timesteps=int(params.get("timesteps", _default(DDPM, "timesteps"))),
-                     use_ema=bool(params.get("use_ema", _default(DDPM, "use_ema"))))
+                     channels=channels, latent_channels=int(params.get("channels", argument_default(DDPM, "channels"))),
+                     num_timesteps=int(params.get("timesteps", argument_default(DDPM, "timesteps"))),
+                     use_ema=bool(params.get("use_ema", argument_default(DDPM, "use_ema"))))

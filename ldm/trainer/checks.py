@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 from typing import Any
@@ -122,14 +121,14 @@ def model_size_multiple(config: Any) -> int:
     downsampling, defaults included), or an autoencoder's own downsampling."""
     from omegaconf import OmegaConf
 
-    from ldm.inference.model_info import describe_model
+    from ldm.inference.model_info import argument_default, describe_model
     from ldm.modules.diffusionmodules.model import Encoder
 
     if OmegaConf.select(config, "model.params.unet_config", default=None) is not None:
         return describe_model(config).size_multiple
     levels = OmegaConf.select(config, "model.params.ddconfig.ch_mult", default=None)
     if levels is None:
-        levels = inspect.signature(Encoder).parameters["ch_mult"].default
+        levels = argument_default(Encoder, "ch_mult")
     return 2 ** (len(levels) - 1)
 
 
